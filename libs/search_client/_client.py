@@ -1,0 +1,175 @@
+"""The async client of the search service's unary calls (a deadline on every one)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from libs.search_client._errors import QueryRejected, translate
+from libs.search_client._stream import SearchStream
+from libs.storage_client import CHANNEL_OPTIONS
+from topgun_rpc import search_pb2, search_pb2_grpc
+
+
+@dataclass(frozen=True, slots=True)
+class SearchOptions:
+    """PROTOCOL.md 8 ``SearchOptions`` plus whether results carry the value."""
+
+    limit: int = 0  # 0 = the service default (10)
+    min_score: float = 0.0
+    boost: Mapping[str, float] = field(default_factory=dict)
+    fields: Sequence[str] = ()
+    include_value: bool = True
+
+    def to_pb(self) -> search_pb2.SearchOptions:
+        return search_pb2.SearchOptions(
+            limit=max(0, self.limit),
+            min_score=self.min_score,
+            boost=dict(self.boost),
+            fields=list(self.fields),
+            include_value=self.include_value,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    key: str
+    score: float
+    matched_terms: tuple[str, ...]
+    value: bytes | None  # msgpack of the value, when asked for
+
+
+@dataclass(frozen=True, slots=True)
+class SearchStatus:
+    positions: dict[int, int]
+    documents: dict[str, int]
+    commits: int
+    applied_changes: int
+    feeds: int
+    feeds_caught_up: int
+    subscriptions: int
+    rebuilds_pending: int
+    rebuilds_done: int
+
+
+def hits_of(resp: search_pb2.SearchResponse) -> list[SearchHit]:
+    return [SearchHit(h.key, h.score, tuple(h.matched_terms), h.value or None) for h in resp.hits]
+
+
+class SearchClient:
+    def __init__(
+        self, address: str, *, timeout: float = 5.0, channel: grpc.aio.Channel | None = None
+    ) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._channel = channel or grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.stub = search_pb2_grpc.SearchStub(self._channel)
+        self._stream: SearchStream | None = None
+
+    async def close(self) -> None:
+        if self._stream is not None:
+            await self._stream.close()
+        await self._channel.close(None)
+
+    async def __aenter__(self) -> SearchClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
+        try:
+            return await method(request, timeout=self.timeout if timeout is None else timeout)
+        except grpc.aio.AioRpcError as e:
+            raise translate(e, self.address) from None
+
+    async def search(
+        self,
+        map_name: str,
+        query: str,
+        options: SearchOptions | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> list[SearchHit]:
+        """The best hits, best first; raises QueryRejected for a malformed query. A map that was
+        never written has no hits. Searches share one stream to the service."""
+        req = search_pb2.SearchRequest(
+            map_name=map_name, query=query, options=(options or SearchOptions()).to_pb()
+        )
+        if self._stream is None:
+            self._stream = SearchStream(self.stub, self.address)
+        resp = await self._stream.request(req, self.timeout if timeout is None else timeout)
+        if resp.error:
+            raise QueryRejected(resp.error, code=grpc.StatusCode.INVALID_ARGUMENT)
+        return hits_of(resp)
+
+    async def search_unary(
+        self,
+        map_name: str,
+        query: str,
+        options: SearchOptions | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> list[SearchHit]:
+        """``search`` as one unary call of its own."""
+        req = search_pb2.SearchRequest(
+            map_name=map_name, query=query, options=(options or SearchOptions()).to_pb()
+        )
+        return hits_of(await self._call(self.stub.Search, req, timeout))
+
+    async def subscribe(
+        self,
+        subscriber: str,
+        subscription_id: str,
+        map_name: str,
+        query: str,
+        options: SearchOptions | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> list[SearchHit]:
+        """Register a live search (the subscriber's Updates stream must be open)."""
+        req = search_pb2.SubscribeRequest(
+            subscriber=subscriber,
+            subscription_id=subscription_id,
+            map_name=map_name,
+            query=query,
+            options=(options or SearchOptions()).to_pb(),
+        )
+        return hits_of(await self._call(self.stub.Subscribe, req, timeout))
+
+    async def unsubscribe(
+        self, subscriber: str, subscription_id: str, *, timeout: float | None = None
+    ) -> bool:
+        req = search_pb2.UnsubscribeRequest(subscriber=subscriber, subscription_id=subscription_id)
+        resp = await self._call(self.stub.Unsubscribe, req, timeout)
+        return bool(resp.removed)
+
+    async def status(self, *, timeout: float | None = None) -> SearchStatus:
+        r = await self._call(self.stub.Status, search_pb2.StatusRequest(), timeout)
+        return SearchStatus(
+            dict(r.positions),
+            {m.name: m.documents for m in r.maps},
+            r.commits,
+            r.applied_changes,
+            r.feeds,
+            r.feeds_caught_up,
+            r.subscriptions,
+            r.rebuilds_pending,
+            r.rebuilds_done,
+        )
+
+    async def rebuild(self, map_name: str, *, timeout: float | None = None) -> bool:
+        """Ask for a rebuild of a map's index from a scan; False if the map is not searchable."""
+        r = await self._call(
+            self.stub.Rebuild, search_pb2.RebuildRequest(map_name=map_name), timeout
+        )
+        return bool(r.searchable)

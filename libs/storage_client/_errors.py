@@ -1,0 +1,45 @@
+"""Failures talking to a storage node, one base class, each carrying the gRPC status code."""
+
+from __future__ import annotations
+
+import grpc
+
+
+class StorageError(Exception):
+    """A storage call failed; ``code`` is the gRPC status code, ``address`` the node."""
+
+    def __init__(self, message: str, *, code: grpc.StatusCode | None = None, address: str = ""):
+        super().__init__(message)
+        self.code = code
+        self.address = address
+
+
+class StorageUnavailable(StorageError):
+    """The node could not be reached or did not answer within the deadline; retry later."""
+
+
+class NotOwner(StorageError):
+    """The node does not hold what was asked for (FAILED_PRECONDITION); ask the owner."""
+
+
+class BadRequest(StorageError):
+    """The node rejected the request as malformed (INVALID_ARGUMENT)."""
+
+
+class FeedDropped(StorageError):
+    """A stream was ended by the node because the subscriber fell behind (RESOURCE_EXHAUSTED);
+    reconnect and resume from the last sequence numbers seen."""
+
+
+def translate(err: grpc.aio.AioRpcError, address: str) -> StorageError:
+    code = err.code()
+    msg = f"{address}: {code.name if code else '?'}: {err.details()}"
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return StorageUnavailable(msg, code=code, address=address)
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return NotOwner(msg, code=code, address=address)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return BadRequest(msg, code=code, address=address)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return FeedDropped(msg, code=code, address=address)
+    return StorageError(msg, code=code, address=address)

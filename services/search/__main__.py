@@ -1,0 +1,27 @@
+"""``python -m services.search``: flags -> config -> serve."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from libs.runtime import setup_logging
+from services.search.config import load_config
+from services.search.server import serve
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = load_config(argv)
+    setup_logging(config.log_level, name=config.service_id)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(serve(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,360 @@
+"""One map's tantivy index: upserts and deletes by key, batched commits, BM25 search.
+
+Writes go into the index writer at once and become visible together at the next ``commit()``:
+that is what lets a caller batch many changes into one commit (near-real-time search) while every
+change is still applied in feed order. An upsert deletes the key's previous document and adds the
+new one in the same commit, so replaying a change that was already indexed (after a crash between
+a commit and the position file) leaves exactly one document per key.
+
+Not thread-safe by itself: one owner task applies changes and drives commits (which run in a
+worker thread, tantivy releases the GIL); searches may run at any time against the last
+committed state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import tantivy
+
+from services.search.analysis import register_all
+from services.search.mapspec import MapSpec
+from services.search.matcher import DocTokens, matched_terms
+from services.search.plan import QueryPlan, SearchOptions
+from services.search.schema import (
+    DYNAMIC_SLOTS,
+    KEY_FIELD,
+    NON_MAP_FIELD,
+    OR_FIELD,
+    REST_SLOT,
+    VALUE_FIELD,
+    FieldTexts,
+    MapSchema,
+    Texts,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HEAP_BYTES = 32_000_000
+FIELDS_FILE = "fields.json"
+KEY_LOOKUP_LIMIT = 256  # up to this many keys, restrict a search by term lookups (see _only)  # an every-string-field map's field -> slot assignment
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    key: str
+    score: float
+    matched_terms: tuple[str, ...]
+    value: bytes | None  # msgpack of the value (an OR key: the list of its values); None unasked
+
+
+class IndexCorrupt(RuntimeError):
+    """The on-disk index cannot be opened; it has been reset and needs a rebuild."""
+
+
+def unpack_value(raw: bytes) -> Any:
+    if not raw:
+        return None
+    try:
+        return msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+        return None
+
+
+class MapIndex:
+    """The tantivy index of one map (on disk under ``path``, or in RAM when ``path`` is None)."""
+
+    def __init__(
+        self,
+        name: str,
+        spec: MapSpec,
+        path: Path | None = None,
+        *,
+        heap_bytes: int = DEFAULT_HEAP_BYTES,
+    ) -> None:
+        self.name = name
+        self.spec = spec
+        self.path = path
+        self.schema = MapSchema(spec)
+        # field -> target (tantivy field); grows for every-string-field maps as fields appear
+        self.field_targets: dict[str, str] = self.schema.static_fields
+        self.fields_version = 0
+        self._fields_dirty = False
+        self.needs_rebuild = False
+        self.uncommitted = 0  # changes applied since the last commit
+        self._or_pending: dict[str, dict[str, bytes]] = {}
+        self._index = self._open(path)
+        register_all(self._index)
+        self._index.config_reader("manual")
+        self._writer = self._index.writer(heap_bytes, 1)
+        self._index.reload()
+        self._searcher = self._index.searcher()
+        if spec.fields is None and path is not None:
+            self._load_fields()
+
+    def _load_fields(self) -> None:
+        assert self.path is not None
+        try:
+            pairs = json.loads((self.path / FIELDS_FILE).read_text())
+            self.field_targets = {str(f): str(t) for f, t in pairs}
+        except FileNotFoundError:
+            if self.num_docs:
+                log.warning("index of map %r has no field list; rebuilding", self.name)
+                self.needs_rebuild = True
+        except (OSError, ValueError, TypeError) as e:
+            log.warning("field list of map %r is unreadable (%s); rebuilding", self.name, e)
+            self.needs_rebuild = True
+
+    def _save_fields(self) -> None:
+        assert self.path is not None
+        tmp = self.path / (FIELDS_FILE + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(sorted(self.field_targets.items()), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path / FIELDS_FILE)
+
+    def _open(self, path: Path | None) -> tantivy.Index:
+        if path is None:
+            return tantivy.Index(self.schema.schema)
+        if path.exists():
+            try:
+                return tantivy.Index(self.schema.schema, path=str(path), reuse=True)
+            except (ValueError, OSError, RuntimeError) as e:
+                log.warning(
+                    "index of map %r at %s is unusable (%s); rebuilding", self.name, path, e
+                )
+                shutil.rmtree(path, ignore_errors=True)
+                self.needs_rebuild = True
+        path.mkdir(parents=True, exist_ok=True)
+        return tantivy.Index(self.schema.schema, path=str(path), reuse=False)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def texts_for(self, value: Any) -> Texts:
+        """The value's strings per target (new fields of an every-string-field map get a slot)."""
+        return self._targets_of(self.schema.field_texts(value))
+
+    def _targets_of(self, field_texts: FieldTexts) -> Texts:
+        out: Texts = {}
+        targets = self.field_targets
+        for f, strings in field_texts.items():
+            name = targets.get(f)
+            if name is None:
+                name = self._assign(f)
+            if name in out:
+                out[name].extend(strings)
+            else:
+                out[name] = strings
+        return out
+
+    def _assign(self, field: str) -> str:
+        used = len(self.field_targets) - sum(
+            1 for t in self.field_targets.values() if t == REST_SLOT
+        )
+        name = f"d{used}" if field != NON_MAP_FIELD and used < DYNAMIC_SLOTS else REST_SLOT
+        self.field_targets[field] = name
+        self.fields_version += 1
+        self._fields_dirty = True
+        return name
+
+    def upsert(self, key: str, value_bytes: bytes, *, fresh: bool = False) -> Texts:
+        """Index ``key`` with an LWW value (msgpack); returns the texts it was indexed with."""
+        texts = self.texts_for(unpack_value(value_bytes))
+        if not fresh:
+            self._writer.delete_documents_by_term(KEY_FIELD, key)
+        self._writer.add_document(self.schema.document(key, texts, value_bytes))
+        self.uncommitted += 1
+        return texts
+
+    def delete(self, key: str) -> None:
+        self._writer.delete_documents_by_term(KEY_FIELD, key)
+        self._or_pending[key] = {}  # a later OR add before the commit must not see the old doc
+        self.uncommitted += 1
+
+    def or_add(self, key: str, tag: str, value_bytes: bytes) -> Texts:
+        records = self._or_records(key)
+        records[tag] = value_bytes
+        return self._write_or(key, records)
+
+    def or_remove(self, key: str, tag: str) -> tuple[bool, Texts | None]:
+        """Drop one OR record: (whether anything changed, the remaining texts or None if gone)."""
+        records = self._or_records(key)
+        if records.pop(tag, None) is None:
+            return False, None
+        if not records:
+            self.delete(key)
+            return True, None
+        return True, self._write_or(key, records)
+
+    def or_set(self, key: str, records: dict[str, bytes], *, fresh: bool = False) -> Texts:
+        """Index an OR key with all its live records (``tag -> msgpack value``), e.g. from a scan."""
+        return self._write_or(key, dict(records), fresh=fresh)
+
+    def _or_records(self, key: str) -> dict[str, bytes]:
+        pending = self._or_pending.get(key)
+        if pending is not None:
+            return dict(pending)
+        doc = self._stored_doc(key)
+        if doc is None:
+            return {}
+        raw = doc.get_first(OR_FIELD)
+        got = unpack_value(raw) if raw else None
+        return {str(t): bytes(v) for t, v in got.items()} if isinstance(got, dict) else {}
+
+    def _write_or(self, key: str, records: dict[str, bytes], *, fresh: bool = False) -> Texts:
+        self._or_pending[key] = records
+        values = [unpack_value(v) for v in records.values()]
+        field_texts: FieldTexts = {}
+        for v in values:
+            self.schema.field_texts(v, field_texts)
+        texts = self._targets_of(field_texts)
+        if not fresh:
+            self._writer.delete_documents_by_term(KEY_FIELD, key)
+        or_bytes = msgpack.packb(records, use_bin_type=True)
+        value_bytes = msgpack.packb(values, use_bin_type=True)
+        self._writer.add_document(self.schema.document(key, texts, value_bytes, or_bytes))
+        self.uncommitted += 1
+        return texts
+
+    def clear(self) -> None:
+        self._writer.delete_all_documents()
+        self._or_pending.clear()
+        if self.spec.fields is None:
+            self.field_targets = {}
+            self.fields_version += 1
+            self._fields_dirty = True
+        self.uncommitted += 1
+
+    def commit(self) -> None:
+        """Make every applied change searchable (blocking; run it off the event loop)."""
+        if self._fields_dirty and self.path is not None:
+            self._save_fields()  # before the commit: a slot in use is always on record
+        self._fields_dirty = False
+        self._writer.commit()
+        self._index.reload()
+        self._searcher = self._index.searcher()
+        self._or_pending.clear()
+        self.uncommitted = 0
+
+    def close(self) -> None:
+        if self.uncommitted:
+            self._writer.rollback()
+        self._writer.wait_merging_threads()
+
+    # -- reading -------------------------------------------------------------------------------
+
+    @property
+    def num_docs(self) -> int:
+        return int(self._searcher.num_docs)
+
+    def search(self, plan: QueryPlan, options: SearchOptions) -> list[Hit]:
+        """Top ``limit`` documents by score, score > 0 and >= ``minScore``, best first."""
+        if plan.query is None:
+            return []
+        searcher = self._searcher
+        found = searcher.search(plan.query, options.effective_limit, count=False).hits
+        kept = [(float(s), a) for s, a in found if s > 0 and s >= options.min_score]
+        if not kept:
+            return []
+        docs = [searcher.doc(a) for _, a in kept]
+        keys = [str(d.get_first(KEY_FIELD)) for d in docs]
+        if plan.probes is None:
+            terms = [tuple(matched_terms(plan, DocTokens(self._doc_texts(d)))) for d in docs]
+        else:
+            terms = self._probe_terms(plan, keys, [a for _, a in kept])
+        hits = []
+        for (score, _), doc, key, matched in zip(kept, docs, keys, terms, strict=True):
+            value = doc.get_first(VALUE_FIELD) if options.include_value else None
+            hits.append(Hit(key, score, matched, bytes(value) if value else None))
+        return hits
+
+    def _probe_terms(
+        self, plan: QueryPlan, keys: list[str], addrs: list[tantivy.DocAddress]
+    ) -> list[tuple[str, ...]]:
+        """Matched terms of the hits, asking the index which hits contain each positive clause."""
+        assert plan.probes is not None
+        probes = plan.probes
+        if not probes:
+            return [()] * len(keys)
+        if plan.single_probe_covers_hits:
+            return [probes[0].terms] * len(keys)
+        only = self._only(keys)
+        position = {(a.segment_ord, a.doc): i for i, a in enumerate(addrs)}
+        out: list[dict[str, None]] = [{} for _ in keys]
+        searcher = self._searcher
+        for probe in probes:
+            q = tantivy.Query.boolean_query(
+                [(tantivy.Occur.Must, probe.query), (tantivy.Occur.Must, only)]
+            )
+            for _, a in searcher.search(q, len(keys), count=False).hits:
+                i = position.get((a.segment_ord, a.doc))
+                if i is not None:
+                    out[i].update(dict.fromkeys(probe.terms))
+        return [tuple(d) for d in out]
+
+    def scores_of(self, plan: QueryPlan, keys: Sequence[str]) -> dict[str, float]:
+        """The scores of those of ``keys`` that match: the query run against just their documents
+        (the same BM25 scores a full search gives them)."""
+        if plan.query is None or not keys:
+            return {}
+        q = tantivy.Query.boolean_query(
+            [(tantivy.Occur.Must, plan.query), (tantivy.Occur.Must, self._only(keys))]
+        )
+        searcher = self._searcher
+        found = searcher.search(q, len(keys), count=False).hits
+        return {
+            str(searcher.doc(addr).get_first(KEY_FIELD)): float(score)
+            for score, addr in found
+            if score > 0
+        }
+
+    def _only(self, keys: Sequence[str]) -> tantivy.Query:
+        """Matches just the documents of ``keys``, scoring 0 (an intersection with it filters).
+
+        A handful of keys is an OR of term lookups; a large set is tantivy's term-set query,
+        which walks the key dictionary once (cheaper from a few hundred keys on)."""
+        schema = self.schema.schema
+        if len(keys) <= KEY_LOOKUP_LIMIT:
+            q = tantivy.Query.boolean_query(
+                [
+                    (tantivy.Occur.Should, tantivy.Query.term_query(schema, KEY_FIELD, k))
+                    for k in keys
+                ]
+            )
+        else:
+            q = tantivy.Query.term_set_query(schema, KEY_FIELD, list(keys))
+        return tantivy.Query.const_score_query(q, 0.0)
+
+    def _doc_texts(self, doc: tantivy.Document) -> Texts:
+        raw_or = doc.get_first(OR_FIELD)
+        if raw_or:
+            records = unpack_value(raw_or)
+            field_texts: FieldTexts = {}
+            if isinstance(records, dict):
+                for v in records.values():
+                    self.schema.field_texts(unpack_value(v), field_texts)
+            return self._targets_of(field_texts)
+        return self.texts_for(unpack_value(doc.get_first(VALUE_FIELD) or b""))
+
+    def _stored_doc(self, key: str) -> tantivy.Document | None:
+        q = tantivy.Query.term_query(self.schema.schema, KEY_FIELD, key)
+        found = self._searcher.search(q, 1, count=False).hits
+        return self._searcher.doc(found[0][1]) if found else None
+
+    def stored_texts_of(self, key: str) -> Texts | None:
+        doc = self._stored_doc(key)
+        return None if doc is None else self._doc_texts(doc)
+
+    def stored_value(self, key: str) -> bytes | None:
+        doc = self._stored_doc(key)
+        v = doc.get_first(VALUE_FIELD) if doc is not None else None
+        return bytes(v) if v else None

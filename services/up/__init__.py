@@ -1,0 +1,1 @@
+"""The all-in-one launcher behind ``make up`` (``python -m services.up``)."""
