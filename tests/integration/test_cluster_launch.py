@@ -222,9 +222,11 @@ class ClusterClient:
 
 
 async def read_all(url: str, map_name: str) -> dict[str, Any]:
+    """Every live record of the map, pulled through Merkle sync (a query answer stops at 10 000
+    rows with ``hasMore``, and a writer under load can ack more than that)."""
     async with await WsClient.connect(url) as c:
-        rows = await c.query(map_name, timeout=30)
-    return {r["key"]: r["value"] for r in rows}
+        walk = await c.merkle_walk(map_name, timeout=60)
+    return {k: r["value"] for k, r in walk.records.items() if r.get("value") is not None}
 
 
 @dataclass
