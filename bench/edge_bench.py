@@ -4,7 +4,8 @@
     .venv/bin/python bench/edge_bench.py --url ws://127.0.0.1:8080/ws   # against a running system
 
 Measures acknowledged writes/s from 1 and from 20 WebSocket clients with OP_BATCH of 1 and of 100
-ops (each client keeps a window of frames in flight), write-ack latency p50/p99 at a paced
+ops (each client keeps a window of frames in flight), lock-step writes/s (one client, one
+CLIENT_OP at a time, each waiting for its OP_ACK), write-ack latency p50/p99 at a paced
 1,000 ops/s, live-query update latency p50/p99 (a write on one client -> QUERY_UPDATE on another),
 and the time a fresh client needs to pull a 100,000-record map through Merkle sync.
 
@@ -267,6 +268,43 @@ async def paced_latency(
         await asyncio.gather(*(c.close() for c in cs))
 
 
+async def lockstep(url: str, seconds: float) -> dict[str, Any]:
+    """One client, one CLIENT_OP at a time: each write waits for its OP_ACK before the next."""
+    (c,) = await connect(url, 1)
+    try:
+        lat: list[float] = []
+        seq = 0
+        cpu0 = CPU.sample()
+        t0 = time.perf_counter()
+        until = t0 + seconds
+        while time.perf_counter() < until:
+            seq += 1
+            op = {
+                "id": f"ls-{seq}",
+                "mapName": "bench-lockstep",
+                "opType": "PUT",
+                "key": f"ls-{seq}",
+                "record": {
+                    "value": {"n": seq},
+                    "timestamp": {"millis": int(time.time() * 1000), "counter": 0, "nodeId": NODE},
+                },
+            }
+            sent = time.perf_counter()
+            await c.send_bytes(msgpack.packb({"type": "CLIENT_OP", "payload": op}))
+            await c.expect("OP_ACK", 10, lastId=op["id"])
+            lat.append(time.perf_counter() - sent)
+        elapsed = time.perf_counter() - t0
+        return {
+            "acked_ops": len(lat),
+            "acked_ops_per_s": round(len(lat) / elapsed),
+            "write_ack_p50_ms": round(pct(lat, 0.5) * 1000, 2),
+            "write_ack_p99_ms": round(pct(lat, 0.99) * 1000, 2),
+            **cpu_delta(cpu0, len(lat)),
+        }
+    finally:
+        await c.close()
+
+
 async def live_query_latency(url: str, updates: int, rate: float) -> dict[str, Any]:
     writer, watcher = await connect(url, 2)
     try:
@@ -341,7 +379,11 @@ async def cold_sync(url: str, records: int) -> dict[str, Any]:
 async def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"url": url}
     s = args.seconds
-    only = set(args.only.split(",")) if args.only else {"throughput", "latency", "live", "sync"}
+    only = (
+        set(args.only.split(","))
+        if args.only
+        else {"throughput", "lockstep", "latency", "live", "sync"}
+    )
     if "throughput" in only:
         out["throughput"] = [
             await throughput(url, 1, 1, s, 32),
@@ -349,6 +391,8 @@ async def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
             await throughput(url, 20, 1, s, 8),
             await throughput(url, 20, 100, s, 4),
         ]
+    if "lockstep" in only:
+        out["lockstep_client_op"] = await lockstep(url, s)
     if "latency" in only:
         out["write_ack_latency_at_1k_ops"] = await paced_latency(url, 1000, 10, s)
     if "live" in only:
@@ -368,7 +412,7 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=5.0, help="per throughput run")
     p.add_argument("--sync-records", type=int, default=100_000)
     p.add_argument("--storage", default="sqlite", help="storage of the launched system")
-    p.add_argument("--only", default="", help="comma list: throughput,latency,live,sync")
+    p.add_argument("--only", default="", help="comma list: throughput,lockstep,latency,live,sync")
     p.add_argument("--no-search", action="store_true", help="launch without the search service")
     p.add_argument(
         "--no-query-dag", action="store_true", help="launch without the query DAG service"
