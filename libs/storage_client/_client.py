@@ -301,6 +301,7 @@ class StorageClient:
         partitions: Sequence[int] = (),
         subscriber: str = "",
         live_only: bool = False,
+        linger_ms: int = 0,
     ) -> AsyncIterator[storage_pb2.ChangeBatch]:
         """The raw ChangeBatch stream; see ``change_feed``."""
         req = storage_pb2.ChangeFeedRequest(
@@ -309,6 +310,7 @@ class StorageClient:
             subscriber=subscriber,
             partitions=list(partitions),
             live_only=live_only,
+            linger_ms=linger_ms,
         )
         call = self._stub.ChangeFeed(req)
         try:
@@ -327,13 +329,21 @@ class StorageClient:
         partitions: Sequence[int] = (),
         subscriber: str = "",
         live_only: bool = False,
+        linger_ms: int = 0,
     ) -> AsyncIterator[ChangePage]:
         """Changes of ``map_names`` (empty = all) on ``partitions`` (empty = the node's
         primaries): first the store's records changed after ``from_seq[p]``, then a page with
         ``caught_up``, then live changes. Keep the last seq per partition to resume after a
-        reconnect. Raises FeedDropped if the node dropped a subscriber that fell behind."""
+        reconnect. ``linger_ms`` lets the node wait that long after a change to send more with
+        it (fewer, larger pages for a consumer that can take the delay). Raises FeedDropped if
+        the node dropped a subscriber that fell behind."""
         async for batch in self.change_feed_batches(
-            map_names, from_seq, partitions=partitions, subscriber=subscriber, live_only=live_only
+            map_names,
+            from_seq,
+            partitions=partitions,
+            subscriber=subscriber,
+            live_only=live_only,
+            linger_ms=linger_ms,
         ):
             yield changes_from_batch(batch)
 

@@ -24,6 +24,9 @@ BACKOFF_MIN = 0.1
 BACKOFF_MAX = 5.0
 SCAN_PAGE = 2000
 SCAN_TIMEOUT = 600.0
+# The nodes hold a live change this long for others to join it: the indexer commits every
+# ~100 ms anyway, and one stream message per write costs more than indexing the write.
+FEED_LINGER_MS = 20
 
 
 def columns_of(batch: storage_pb2.ChangeBatch) -> ChangeColumns:
@@ -31,6 +34,7 @@ def columns_of(batch: storage_pb2.ChangeBatch) -> ChangeColumns:
     n = len(ops.keys)
     tags = list(ops.tags)
     values = list(ops.values)
+    ttl_ms = list(ops.ttl_ms) if len(ops.ttl_ms) == n and any(ops.ttl_ms) else []
     return ChangeColumns(
         map_names=list(ops.map_names),
         map_index=list(ops.map_index),
@@ -40,6 +44,8 @@ def columns_of(batch: storage_pb2.ChangeBatch) -> ChangeColumns:
         tags=tags if len(tags) == n else [""] * n,
         partitions=list(ops.partitions),
         seqs=list(batch.seqs),
+        millis=list(ops.millis) if ttl_ms else [],
+        ttl_ms=ttl_ms,
     )
 
 
@@ -71,7 +77,10 @@ class FeedFollower:
         while True:
             try:
                 async for batch in client.change_feed_batches(
-                    self.map_names, dict(self.indexer.positions), subscriber=self.subscriber
+                    self.map_names,
+                    dict(self.indexer.positions),
+                    subscriber=self.subscriber,
+                    linger_ms=FEED_LINGER_MS,
                 ):
                     if batch.seqs:
                         await self.indexer.submit(columns_of(batch))
@@ -120,9 +129,12 @@ class StorageScanner:
             ):
                 n = len(page.keys)
                 tags = list(page.tags)
+                ttl = len(page.ttl_ms) == n and any(page.ttl_ms)
                 yield ScannedRecords(
                     keys=list(page.keys),
                     kinds=list(page.kinds),
                     values=list(page.values),
                     tags=tags if len(tags) == n else [""] * n,
+                    millis=list(page.millis) if ttl else [],
+                    ttl_ms=list(page.ttl_ms) if ttl else [],
                 )

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_QUEUE_BATCHES = 1024
 CATCH_UP_PAGE = 2000
+MAX_LINGER_S = 1.0
+LIVE_DRAIN = 256  # queued change sets sent as one batch when a subscriber has a backlog
 
 
 class SubscriberDropped(Exception):
@@ -104,9 +106,13 @@ async def stream_changes(
     from_seq: Mapping[int, int],
     *,
     live_only: bool = False,
+    linger_s: float = 0.0,
 ) -> AsyncIterator[storage_pb2.ChangeBatch]:
     """The ChangeBatch stream of one subscriber: catch-up pages, a ``caught_up`` marker, then
-    live batches. Raises SubscriberDropped when the fan-out dropped it."""
+    live batches. Whatever is queued when a batch leaves goes with it; with ``linger_s`` the
+    stream first waits that long after a change for more. Raises SubscriberDropped when the
+    fan-out dropped it."""
+    linger_s = min(max(0.0, linger_s), MAX_LINGER_S)
     sub = fanout.subscribe(sub_name, filt)
     try:
         if not live_only:
@@ -115,15 +121,22 @@ async def stream_changes(
             for start in range(0, n, CATCH_UP_PAGE):
                 yield _batch(snapshot.select(range(start, min(n, start + CATCH_UP_PAGE))), node_id)
         yield storage_pb2.ChangeBatch(node_id=node_id, caught_up=True)
+        queue = sub.queue
         while True:
-            cs = await sub.queue.get()
+            sets = [await queue.get()]
+            if linger_s and not sub.dropped:
+                await asyncio.sleep(linger_s)
+            while len(sets) < LIVE_DRAIN and not queue.empty():
+                sets.append(queue.get_nowait())
             if sub.dropped:
                 raise SubscriberDropped(
                     f"change feed subscriber {sub_name!r} fell behind "
-                    f"({sub.queue.maxsize} batches queued); reconnect and resume from your seqs"
+                    f"({queue.maxsize} batches queued); reconnect and resume from your seqs"
                 )
-            sel = filt.select(cs)
-            if len(sel):
-                yield _batch(sel, node_id)
+            selected = [s for s in (filt.select(cs) for cs in sets) if len(s)]
+            if selected:
+                yield _batch(
+                    selected[0] if len(selected) == 1 else ChangeSet.concat(selected), node_id
+                )
     finally:
         fanout.unsubscribe(sub)

@@ -27,6 +27,7 @@ class StorageConfig:
     scan_page_size: int
     compact_after: int  # sqlite: logged changes that trigger folding the log into snapshots
     log_level: str
+    commit_linger_ms: float = 0.0  # how long a commit nobody waits for may gather more writes
     # cluster (with nats_url; empty = the static table from peers)
     nats_url: str = ""
     cluster_prefix: str = "topgun"
@@ -126,6 +127,13 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         help="sqlite: fold the change log into partition snapshots once it holds this many "
         "changes (or as many as the snapshots hold, if more)",
     )
+    p.add_argument(
+        "--commit-linger-ms",
+        type=float,
+        default=env_default("TOPGUN_COMMIT_LINGER_MS", 5.0, e),
+        help="how long a commit that no PERSISTED write waits for may gather more writes "
+        "(fewer transactions and syncs under a trickle of small writes; 0 = commit at once)",
+    )
     p.add_argument("--log-level", default=env_default("TOPGUN_LOG_LEVEL", "INFO", e))
     c = p.add_argument_group("cluster (NATS JetStream coordination)")
     c.add_argument(
@@ -189,6 +197,7 @@ def load_config(
         scan_page_size=max(1, a.scan_page_size),
         compact_after=max(1, a.compact_after),
         log_level=a.log_level,
+        commit_linger_ms=max(0.0, a.commit_linger_ms),
         nats_url=a.nats,
         cluster_prefix=a.cluster_prefix,
         member_ttl_s=max(0.3, a.member_ttl),

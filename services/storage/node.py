@@ -75,7 +75,7 @@ class StorageNode:
         self.backend = backend
         self.store = PartitionStore()
         self.counters = CounterStore()
-        self.writer = GroupCommitWriter(backend)
+        self.writer = GroupCommitWriter(backend, linger_s=config.commit_linger_ms / 1000.0)
         self.fanout = ChangeFanout(queue_size=config.feed_queue_batches)
         self.broadcasts = BroadcastHub()
         self.replicas = ReplicaSet(self.node_id, self.store)
@@ -463,6 +463,7 @@ class StorageNode:
             filt,
             dict(req.from_seq),
             live_only=req.live_only,
+            linger_s=req.linger_ms / 1000.0,
         )
 
     def partition_info(self) -> storage_pb2.PartitionInfoResponse:

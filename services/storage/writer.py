@@ -2,9 +2,13 @@
 in one backend transaction, then wakes the PERSISTED waiters whose changes are now durable.
 
 ``submit`` is synchronous and cheap (the Apply path calls it right after the merge); APPLIED
-acks never wait for it. Marks count submissions: ``wait_durable(mark)`` returns once every
-submission up to ``mark`` is committed. A backlog above ``max_pending`` changes makes
-``reserve`` wait, which slows Apply down instead of growing memory without bound.
+acks never wait for it. With ``linger_s`` the writer holds a commit that nobody waits for that
+long, so that a trickle of small writes shares transactions and syncs; a PERSISTED waiter (or
+``flush``/``close``) ends the wait at once.
+
+Marks count submissions: ``wait_durable(mark)`` returns once every submission up to ``mark`` is
+committed. A backlog above ``max_pending`` changes makes ``reserve`` wait, which slows Apply
+down instead of growing memory without bound.
 """
 
 from __future__ import annotations
@@ -25,9 +29,13 @@ RETRY_MAX_S = 2.0
 
 
 class GroupCommitWriter:
-    def __init__(self, backend: Backend, *, max_pending: int = 200_000) -> None:
+    def __init__(
+        self, backend: Backend, *, max_pending: int = 200_000, linger_s: float = 0.0
+    ) -> None:
         self._backend = backend
         self._max_pending = max_pending
+        self._linger_s = max(0.0, linger_s)
+        self._urgent = asyncio.Event()
         self._maps: list[tuple[str, int]] = []
         self._changes: list[ChangeSet] = []
         self._counters: dict[str, bytes] = {}
@@ -89,6 +97,7 @@ class GroupCommitWriter:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._tie += 1
         heapq.heappush(self._waiters, (mark, self._tie, fut))
+        self._urgent.set()
         try:
             await asyncio.wait_for(asyncio.shield(fut), timeout)
         except TimeoutError:
@@ -107,6 +116,10 @@ class GroupCommitWriter:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            if self._linger_s and not self._waiters and not self._closing and self._room.is_set():
+                self._urgent.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._urgent.wait(), self._linger_s)
             batch = WriteBatch(self._maps, self._changes, list(self._counters.items()))
             mark = self._submitted
             self._maps, self._changes, self._counters = [], [], {}
@@ -142,6 +155,7 @@ class GroupCommitWriter:
         """Ask ``run`` to commit what is queued and return."""
         self._closing = True
         self._wake.set()
+        self._urgent.set()
 
     async def flush(self, timeout: float) -> bool:
         """Wait until everything submitted so far is committed."""

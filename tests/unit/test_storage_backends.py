@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -236,9 +237,11 @@ def _cs(n: int) -> ChangeSet:
     return cs
 
 
-async def _run_writer(test: Callable[[GroupCommitWriter, _RecordingBackend], Any]) -> None:
+async def _run_writer(
+    test: Callable[[GroupCommitWriter, _RecordingBackend], Any], linger_s: float = 0.0
+) -> None:
     backend = _RecordingBackend()
-    w = GroupCommitWriter(backend)  # type: ignore[arg-type]
+    w = GroupCommitWriter(backend, linger_s=linger_s)  # type: ignore[arg-type]
     task = asyncio.create_task(w.run())
     try:
         await test(w, backend)
@@ -282,6 +285,29 @@ async def test_writer_retries_a_failed_commit_and_loses_nothing() -> None:
         assert sum(len(x) for x in b.batches) == 4
 
     await _run_writer(body)
+
+
+async def test_a_lingering_writer_gathers_a_trickle_of_writes_into_one_commit() -> None:
+    async def body(w: GroupCommitWriter, b: _RecordingBackend) -> None:
+        b.gate.set()
+        for _ in range(5):
+            w.submit(_cs(1))
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.5)
+        assert [len(x) for x in b.batches] == [5]
+
+    await _run_writer(body, linger_s=0.3)
+
+
+async def test_a_persisted_waiter_cuts_the_linger_short() -> None:
+    async def body(w: GroupCommitWriter, b: _RecordingBackend) -> None:
+        b.gate.set()
+        mark = w.submit(_cs(2))
+        t0 = time.perf_counter()
+        assert await w.wait_durable(mark, 5)
+        assert time.perf_counter() - t0 < 1.0  # not the 5 s linger
+
+    await _run_writer(body, linger_s=5.0)
 
 
 def test_unknown_storage_names_are_refused() -> None:

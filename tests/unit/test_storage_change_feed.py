@@ -86,3 +86,31 @@ async def test_a_subscriber_that_falls_behind_is_dropped_with_a_reason() -> None
     assert fan.dropped_total == 1 and len(fan) == 0
     with pytest.raises(SubscriberDropped, match="slowpoke"):
         await take(gen, 3)
+
+
+async def test_changes_queued_while_a_batch_is_out_leave_together_in_order() -> None:
+    store, fan = PartitionStore(), ChangeFanout()
+    gen = stream_changes(fan, store, "s1", "t", EVERYTHING, {}, live_only=True)
+    await take(gen, 1)
+    write(store, fan, "m", [("a", 1)])
+    write(store, fan, "n", [("b", 2)])
+    write(store, fan, "m", [("c", 3)])
+    (live,) = await take(gen, 1)
+    assert list(live.ops.keys) == ["a", "b", "c"]
+    names = list(live.ops.map_names)
+    assert [names[i] for i in live.ops.map_index] == ["m", "n", "m"]
+    await gen.aclose()
+
+
+async def test_a_lingering_subscriber_gets_changes_written_during_the_linger_in_one_batch() -> None:
+    store, fan = PartitionStore(), ChangeFanout()
+    gen = stream_changes(fan, store, "s1", "t", EVERYTHING, {}, live_only=True, linger_s=0.2)
+    await take(gen, 1)
+    nxt = asyncio.ensure_future(gen.__anext__())
+    write(store, fan, "m", [("a", 1)])
+    await asyncio.sleep(0.05)
+    assert not nxt.done()  # still lingering
+    write(store, fan, "m", [("b", 2)])
+    live = await asyncio.wait_for(nxt, 5)
+    assert list(live.ops.keys) == ["a", "b"]
+    await gen.aclose()
