@@ -17,7 +17,8 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,10 @@ from services.search.matcher import DocTokens, matched_terms
 from services.search.plan import QueryPlan, SearchOptions
 from services.search.schema import (
     DYNAMIC_SLOTS,
+    EXPIRES_FIELD,
     KEY_FIELD,
     NON_MAP_FIELD,
+    OR_EXPIRES_FIELD,
     OR_FIELD,
     REST_SLOT,
     VALUE_FIELD,
@@ -45,6 +48,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HEAP_BYTES = 32_000_000
 FIELDS_FILE = "fields.json"
+PROBES_PER_SEARCH = 16  # matched-terms probes answered by one search (see _probe_terms)
 KEY_LOOKUP_LIMIT = 256  # up to this many keys, restrict a search by term lookups (see _only)  # an every-string-field map's field -> slot assignment
 
 
@@ -54,6 +58,21 @@ class Hit:
     score: float
     matched_terms: tuple[str, ...]
     value: bytes | None  # msgpack of the value (an OR key: the list of its values); None unasked
+
+
+@dataclass(slots=True)
+class OrRecords:
+    """An OR key's live records: tag -> msgpack value, and tag -> expiry (millis) for those
+    with a TTL. The document expires when every record has."""
+
+    values: dict[str, bytes]
+    expires: dict[str, int]
+
+    @property
+    def expires_at(self) -> int | None:
+        if not self.values or any(t not in self.expires for t in self.values):
+            return None
+        return max(self.expires[t] for t in self.values)
 
 
 class IndexCorrupt(RuntimeError):
@@ -79,8 +98,10 @@ class MapIndex:
         path: Path | None = None,
         *,
         heap_bytes: int = DEFAULT_HEAP_BYTES,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.name = name
+        self.clock = clock  # wall clock, seconds: what record expiry times are compared with
         self.spec = spec
         self.path = path
         self.schema = MapSchema(spec)
@@ -90,13 +111,16 @@ class MapIndex:
         self._fields_dirty = False
         self.needs_rebuild = False
         self.uncommitted = 0  # changes applied since the last commit
-        self._or_pending: dict[str, dict[str, bytes]] = {}
+        # key -> its live OR records (tag -> value) and their expiry times, as applied so far
+        self._or_pending: dict[str, OrRecords] = {}
         self._index = self._open(path)
         register_all(self._index)
         self._index.config_reader("manual")
         self._writer = self._index.writer(heap_bytes, 1)
         self._index.reload()
         self._searcher = self._index.searcher()
+        # whether a document may carry an expiry time (searches then leave out expired ones)
+        self.has_expiring = self._count_expiring(None) > 0
         if spec.fields is None and path is not None:
             self._load_fields()
 
@@ -166,68 +190,153 @@ class MapIndex:
         self._fields_dirty = True
         return name
 
-    def upsert(self, key: str, value_bytes: bytes, *, fresh: bool = False) -> Texts:
-        """Index ``key`` with an LWW value (msgpack); returns the texts it was indexed with."""
+    def upsert(
+        self, key: str, value_bytes: bytes, *, fresh: bool = False, expires: int | None = None
+    ) -> Texts:
+        """Index ``key`` with an LWW value (msgpack), expiring at ``expires`` (epoch millis) if
+        given; returns the texts it was indexed with."""
         texts = self.texts_for(unpack_value(value_bytes))
         if not fresh:
             self._writer.delete_documents_by_term(KEY_FIELD, key)
-        self._writer.add_document(self.schema.document(key, texts, value_bytes))
+        self._writer.add_document(self.schema.document(key, texts, value_bytes, expires=expires))
+        if expires is not None:
+            self.has_expiring = True
         self.uncommitted += 1
         return texts
 
     def delete(self, key: str) -> None:
         self._writer.delete_documents_by_term(KEY_FIELD, key)
-        self._or_pending[key] = {}  # a later OR add before the commit must not see the old doc
+        # a later OR add before the commit must not see the old doc
+        self._or_pending[key] = OrRecords({}, {})
         self.uncommitted += 1
 
-    def or_add(self, key: str, tag: str, value_bytes: bytes) -> Texts:
+    def or_add(
+        self, key: str, tag: str, value_bytes: bytes, *, expires: int | None = None
+    ) -> Texts:
         records = self._or_records(key)
-        records[tag] = value_bytes
+        records.values[tag] = value_bytes
+        if expires is None:
+            records.expires.pop(tag, None)
+        else:
+            records.expires[tag] = expires
         return self._write_or(key, records)
 
     def or_remove(self, key: str, tag: str) -> tuple[bool, Texts | None]:
         """Drop one OR record: (whether anything changed, the remaining texts or None if gone)."""
         records = self._or_records(key)
-        if records.pop(tag, None) is None:
+        if records.values.pop(tag, None) is None:
             return False, None
-        if not records:
+        records.expires.pop(tag, None)
+        if not records.values:
             self.delete(key)
             return True, None
         return True, self._write_or(key, records)
 
-    def or_set(self, key: str, records: dict[str, bytes], *, fresh: bool = False) -> Texts:
-        """Index an OR key with all its live records (``tag -> msgpack value``), e.g. from a scan."""
-        return self._write_or(key, dict(records), fresh=fresh)
+    def or_set(
+        self,
+        key: str,
+        records: dict[str, bytes],
+        *,
+        fresh: bool = False,
+        expires: dict[str, int] | None = None,
+    ) -> Texts:
+        """Index an OR key with all its live records (``tag -> msgpack value``, and the expiry
+        of those that have one), e.g. from a scan."""
+        return self._write_or(key, OrRecords(dict(records), dict(expires or {})), fresh=fresh)
 
-    def _or_records(self, key: str) -> dict[str, bytes]:
+    def _or_records(self, key: str) -> OrRecords:
         pending = self._or_pending.get(key)
         if pending is not None:
-            return dict(pending)
+            return OrRecords(dict(pending.values), dict(pending.expires))
         doc = self._stored_doc(key)
         if doc is None:
-            return {}
+            return OrRecords({}, {})
         raw = doc.get_first(OR_FIELD)
         got = unpack_value(raw) if raw else None
-        return {str(t): bytes(v) for t, v in got.items()} if isinstance(got, dict) else {}
+        values = {str(t): bytes(v) for t, v in got.items()} if isinstance(got, dict) else {}
+        raw_exp = doc.get_first(OR_EXPIRES_FIELD)
+        exp = unpack_value(raw_exp) if raw_exp else None
+        expires = {str(t): int(e) for t, e in exp.items()} if isinstance(exp, dict) else {}
+        return OrRecords(values, expires)
 
-    def _write_or(self, key: str, records: dict[str, bytes], *, fresh: bool = False) -> Texts:
+    def _write_or(self, key: str, records: OrRecords, *, fresh: bool = False) -> Texts:
         self._or_pending[key] = records
-        values = [unpack_value(v) for v in records.values()]
+        values = [unpack_value(v) for v in records.values.values()]
         field_texts: FieldTexts = {}
         for v in values:
             self.schema.field_texts(v, field_texts)
         texts = self._targets_of(field_texts)
         if not fresh:
             self._writer.delete_documents_by_term(KEY_FIELD, key)
-        or_bytes = msgpack.packb(records, use_bin_type=True)
+        or_bytes = msgpack.packb(records.values, use_bin_type=True)
         value_bytes = msgpack.packb(values, use_bin_type=True)
-        self._writer.add_document(self.schema.document(key, texts, value_bytes, or_bytes))
+        expires = records.expires_at
+        or_expires = msgpack.packb(records.expires) if records.expires else b""
+        self._writer.add_document(
+            self.schema.document(
+                key, texts, value_bytes, or_bytes, expires=expires, or_expires=or_expires
+            )
+        )
+        if expires is not None:
+            self.has_expiring = True
         self.uncommitted += 1
         return texts
+
+    # -- expiry --------------------------------------------------------------------------------
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def _expired_query(self, now_ms: int | None) -> tantivy.Query:
+        """Documents whose record expired before ``now_ms`` (None: every one with an expiry)."""
+        if now_ms is None:
+            lower, upper = 0, None
+        else:
+            lower, upper = None, now_ms
+        return tantivy.Query.range_query(
+            self.schema.schema,
+            EXPIRES_FIELD,
+            tantivy.FieldType.Unsigned,
+            lower,
+            upper,
+            include_upper=now_ms is None,
+            use_inverted_index=True,
+        )
+
+    def _count_expiring(self, now_ms: int | None) -> int:
+        return self._count(self._expired_query(now_ms))
+
+    def _count(self, q: tantivy.Query) -> int:
+        found = self._searcher.search(q, 1, count=True)
+        return int(found.count)  # type: ignore[attr-defined]  # (missing from tantivy's stubs)
+
+    def _unexpired(self, q: tantivy.Query) -> tantivy.Query:
+        """``q`` without the documents whose record has expired (as is when none can expire)."""
+        if not self.has_expiring:
+            return q
+        return tantivy.Query.boolean_query(
+            [
+                (tantivy.Occur.Must, q),
+                (tantivy.Occur.MustNot, self._expired_query(self.now_ms())),
+            ]
+        )
+
+    def purge_expired(self) -> int:
+        """Delete the committed documents whose record has expired (visible at the next commit);
+        returns how many. Searches already leave them out: this keeps the index from growing."""
+        if not self.has_expiring:
+            return 0
+        expired = self._expired_query(self.now_ms())
+        n = self._count(expired)
+        if n:
+            self._writer.delete_documents_by_query(expired)
+            self.uncommitted += 1
+        return n
 
     def clear(self) -> None:
         self._writer.delete_all_documents()
         self._or_pending.clear()
+        self.has_expiring = False
         if self.spec.fields is None:
             self.field_targets = {}
             self.fields_version += 1
@@ -261,7 +370,8 @@ class MapIndex:
         if plan.query is None:
             return []
         searcher = self._searcher
-        found = searcher.search(plan.query, options.effective_limit, count=False).hits
+        query = self._unexpired(plan.query)
+        found = searcher.search(query, options.effective_limit, count=False).hits
         kept = [(float(s), a) for s, a in found if s > 0 and s >= options.min_score]
         if not kept:
             return []
@@ -291,14 +401,26 @@ class MapIndex:
         position = {(a.segment_ord, a.doc): i for i, a in enumerate(addrs)}
         out: list[dict[str, None]] = [{} for _ in keys]
         searcher = self._searcher
-        for probe in probes:
-            q = tantivy.Query.boolean_query(
-                [(tantivy.Occur.Must, probe.query), (tantivy.Occur.Must, only)]
+        Q, Occur = tantivy.Query, tantivy.Occur
+        # One search per group of probes: probe j of a group scores exactly 2**j (a constant), so
+        # a hit's score, a sum of powers of two, spells out which probes it contains (exact in
+        # the f32 scores up to 2**23).
+        for start in range(0, len(probes), PROBES_PER_SEARCH):
+            group = probes[start : start + PROBES_PER_SEARCH]
+            clauses = [(Occur.Must, only)]
+            clauses.extend(
+                (Occur.Should, Q.const_score_query(p.query, float(1 << j)))
+                for j, p in enumerate(group)
             )
-            for _, a in searcher.search(q, len(keys), count=False).hits:
+            for score, a in searcher.search(Q.boolean_query(clauses), len(keys), count=False).hits:
                 i = position.get((a.segment_ord, a.doc))
-                if i is not None:
-                    out[i].update(dict.fromkeys(probe.terms))
+                mask = round(score)
+                if i is None or not mask:
+                    continue
+                found = out[i]
+                for j, p in enumerate(group):
+                    if mask >> j & 1:
+                        found.update(dict.fromkeys(p.terms))
         return [tuple(d) for d in out]
 
     def scores_of(self, plan: QueryPlan, keys: Sequence[str]) -> dict[str, float]:
@@ -310,7 +432,7 @@ class MapIndex:
             [(tantivy.Occur.Must, plan.query), (tantivy.Occur.Must, self._only(keys))]
         )
         searcher = self._searcher
-        found = searcher.search(q, len(keys), count=False).hits
+        found = searcher.search(self._unexpired(q), len(keys), count=False).hits
         return {
             str(searcher.doc(addr).get_first(KEY_FIELD)): float(score)
             for score, addr in found

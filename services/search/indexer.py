@@ -31,6 +31,7 @@ from services.search.state import SearchState, StateStore
 log = logging.getLogger(__name__)
 
 REBUILD_RETRY = 5.0  # seconds between attempts to rebuild from an unreachable storage
+PURGE_INTERVAL = 5.0  # seconds between sweeps deleting documents whose record expired
 
 # common.proto OpKind
 PUT, REMOVE, OR_ADD, OR_REMOVE = 1, 2, 3, 4
@@ -48,9 +49,16 @@ class ChangeColumns:
     tags: Sequence[str]
     partitions: Sequence[int]
     seqs: Sequence[int]
+    millis: Sequence[int] = ()  # record timestamps; empty when no change has a TTL
+    ttl_ms: Sequence[int] = ()  # per change, 0 = none; empty when none has one
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def expires(self, i: int) -> int | None:
+        """When change ``i``'s record expires (epoch millis), or None if it has no TTL."""
+        ttl = self.ttl_ms[i] if self.ttl_ms else 0
+        return self.millis[i] + ttl if ttl > 0 else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +69,12 @@ class ScannedRecords:
     kinds: Sequence[int]  # PUT (live LWW) or OR_ADD (live OR record)
     values: Sequence[bytes]
     tags: Sequence[str]
+    millis: Sequence[int] = ()
+    ttl_ms: Sequence[int] = ()  # per record, 0 = none; empty when none has one
+
+    def expires(self, i: int) -> int | None:
+        ttl = self.ttl_ms[i] if self.ttl_ms else 0
+        return self.millis[i] + ttl if ttl > 0 else None
 
 
 class Scanner(Protocol):
@@ -84,6 +98,7 @@ class Indexer:
         max_uncommitted: int = 10_000,
         queue_size: int = 64,
         clock: Callable[[], float] = time.monotonic,
+        purge_interval: float = PURGE_INTERVAL,
     ) -> None:
         self.catalog = catalog
         self.live = live
@@ -92,6 +107,9 @@ class Indexer:
         self.commit_interval = commit_interval
         self.max_uncommitted = max_uncommitted
         self.clock = clock
+        self.purge_interval = purge_interval
+        self._next_purge = clock() + purge_interval
+        self.purged = 0  # documents deleted because their record expired
         state = store.load()
         self.positions: dict[int, int] = dict(state.positions)
         self.committed_positions: dict[int, int] = dict(state.positions)
@@ -162,6 +180,11 @@ class Indexer:
         timeout = None
         if self.rebuild_queue and self.scanner is not None:
             timeout = max(0.0, self._retry_at - self.clock())
+        if any(idx.has_expiring for idx in self.catalog):
+            if self.clock() >= self._next_purge:
+                self.purge_expired()
+            purge_in = max(0.0, self._next_purge - self.clock())
+            timeout = purge_in if timeout is None else min(timeout, purge_in)
         if self._first_uncommitted is not None:
             due_in = max(0.0, self._first_uncommitted + self.commit_interval - self.clock())
             timeout = due_in if timeout is None else min(timeout, due_in)
@@ -204,6 +227,20 @@ class Indexer:
         if getter.done() and not getter.cancelled():
             self.apply(getter.result())
 
+    def purge_expired(self) -> None:
+        """Delete the documents whose record expired (searches leave them out already); the
+        next commit makes it so. Live searches are not told: like live queries, they see an
+        expired record leave only when it is written or removed."""
+        self._next_purge = self.clock() + self.purge_interval
+        for idx in self.catalog:
+            n = idx.purge_expired()
+            if n:
+                self.purged += n
+                self._dirty.add(idx.name)
+                self._uncommitted += 1
+                if self._first_uncommitted is None:
+                    self._first_uncommitted = self.clock()
+
     # -- applying ------------------------------------------------------------------------------
 
     def apply(self, batch: ChangeColumns) -> None:
@@ -228,12 +265,14 @@ class Indexer:
             doc: ChangedDoc | None
             if kind == PUT:
                 value = batch.values[i]
-                doc = ChangedDoc(idx.upsert(key, value), value)
+                doc = ChangedDoc(idx.upsert(key, value, expires=batch.expires(i)), value)
             elif kind == REMOVE:
                 idx.delete(key)
                 doc = None
             elif kind == OR_ADD:
-                doc = ChangedDoc(idx.or_add(key, batch.tags[i], batch.values[i]))
+                doc = ChangedDoc(
+                    idx.or_add(key, batch.tags[i], batch.values[i], expires=batch.expires(i))
+                )
             elif kind == OR_REMOVE:
                 changed, texts = idx.or_remove(key, batch.tags[i])
                 if not changed:
@@ -310,16 +349,20 @@ class Indexer:
         started = self.clock()
         idx.clear()
         or_records: dict[str, dict[str, bytes]] = {}
+        or_expires: dict[str, dict[str, int]] = {}
         count = 0
         async for page in self.scanner.scan(map_name):
             for i, key in enumerate(page.keys):
+                expires = page.expires(i)
                 if page.kinds[i] == OR_ADD:
                     or_records.setdefault(key, {})[page.tags[i]] = page.values[i]
+                    if expires is not None:
+                        or_expires.setdefault(key, {})[page.tags[i]] = expires
                 elif page.kinds[i] == PUT:
-                    idx.upsert(key, page.values[i], fresh=True)
+                    idx.upsert(key, page.values[i], fresh=True, expires=expires)
                     count += 1
         for key, records in or_records.items():
-            idx.or_set(key, records, fresh=True)
+            idx.or_set(key, records, fresh=True, expires=or_expires.get(key))
             count += 1
         await asyncio.to_thread(idx.commit)
         idx.needs_rebuild = False

@@ -129,7 +129,8 @@ def build_plan(
             for _, analyzed in res:
                 terms.update(dict.fromkeys(analyzed))
     uses_all: list[bool] = []
-    query = _compile(node, schema.schema, resolved, uses_all)
+    compiled: dict[Leaf, tantivy.Query | None] = {}  # each leaf compiled once, for both uses
+    query = _compile(node, schema.schema, resolved, uses_all, compiled)
     probes: list[LeafProbe] | None = []
     for lf in positive:
         found = resolved[lf]
@@ -138,7 +139,7 @@ def build_plan(
         if isinstance(lf, Prefix | Fuzzy):
             probes = None
             break
-        q = _compile(lf, schema.schema, resolved, uses_all)
+        q = _compile(lf, schema.schema, resolved, uses_all, compiled)
         assert probes is not None and q is not None
         probes.append(LeafProbe(q, tuple(dict.fromkeys(t for _, toks in found for t in toks))))
     return QueryPlan(
@@ -153,13 +154,17 @@ def build_plan(
 
 
 def _compile(
-    node: Node, schema: tantivy.Schema, resolved: Mapping[Leaf, Resolution], uses_all: list[bool]
+    node: Node,
+    schema: tantivy.Schema,
+    resolved: Mapping[Leaf, Resolution],
+    uses_all: list[bool],
+    compiled: dict[Leaf, tantivy.Query | None],
 ) -> tantivy.Query | None:
     if isinstance(node, Bool):
         subs: list[tuple[tantivy.Occur, tantivy.Query]] = []
         positive = False
         for occur, child in node.clauses:
-            q = _compile(child, schema, resolved, uses_all)
+            q = _compile(child, schema, resolved, uses_all, compiled)
             if q is None:
                 continue
             if occur is Occur.MUST_NOT:
@@ -180,9 +185,15 @@ def _compile(
             return subs[0][1]
         return tantivy.Query.boolean_query(subs)
     if isinstance(node, Boost):
-        inner = _compile(node.node, schema, resolved, uses_all)
+        inner = _compile(node.node, schema, resolved, uses_all, compiled)
         return None if inner is None else tantivy.Query.boost_query(inner, node.factor)
-    res = resolved[node]
+    if node in compiled:
+        return compiled[node]
+    q = compiled[node] = _compile_leaf(node, schema, resolved[node])
+    return q
+
+
+def _compile_leaf(node: Leaf, schema: tantivy.Schema, res: Resolution) -> tantivy.Query | None:
     if res is None:
         return tantivy.Query.empty_query()
     if not res:

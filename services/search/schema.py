@@ -1,7 +1,9 @@
 """The tantivy layout of one map's index, and how a stored value becomes an indexed document.
 
 Every index has ``_key`` (the record key, one raw term, stored) and ``_v`` (the record's value as
-msgpack, stored, so results can carry it and changed documents can be re-read). The text lives in
+msgpack, stored, so results can carry it and changed documents can be re-read). A record with a
+TTL also gets ``_exp``, the time it expires (``millis + ttlMs``, indexed): searches leave out
+documents whose ``_exp`` has passed, the way the client hides expired records. The text lives in
 *targets*, the tantivy text fields a query term is looked up in; each is a plain text field with
 positions and field norms, so every field gets real BM25 (length-normalised) scoring:
 
@@ -35,6 +37,8 @@ from services.search.mapspec import MapSpec
 KEY_FIELD = "_key"
 VALUE_FIELD = "_v"
 OR_FIELD = "_or"
+OR_EXPIRES_FIELD = "_ore"  # OR keys with expiring records: msgpack {tag: expiry millis}
+EXPIRES_FIELD = "_exp"  # when the document's record expires (millis + ttlMs); absent: never
 DYNAMIC_SLOTS = 32
 REST_SLOT = "drest"
 NON_MAP_FIELD = "_"  # the field name of a value that is not a map
@@ -96,6 +100,8 @@ class MapSchema:
         sb.add_text_field(KEY_FIELD, stored=True, tokenizer_name="raw", index_option="basic")
         sb.add_bytes_field(VALUE_FIELD, stored=True)
         sb.add_bytes_field(OR_FIELD, stored=True)
+        sb.add_bytes_field(OR_EXPIRES_FIELD, stored=True)
+        sb.add_unsigned_field(EXPIRES_FIELD, indexed=True)
         self._static: dict[str, Target] = {}
         self._field_parts: tuple[tuple[str, tuple[str, ...]], ...] = ()
         if spec.fields is None:
@@ -147,13 +153,24 @@ class MapSchema:
         return out
 
     def document(
-        self, key: str, texts: Texts, value_bytes: bytes, or_bytes: bytes = b""
+        self,
+        key: str,
+        texts: Texts,
+        value_bytes: bytes,
+        or_bytes: bytes = b"",
+        *,
+        expires: int | None = None,
+        or_expires: bytes = b"",
     ) -> tantivy.Document:
         doc = tantivy.Document()
         doc.add_text(KEY_FIELD, key)
         doc.add_bytes(VALUE_FIELD, value_bytes)
         if or_bytes:
             doc.add_bytes(OR_FIELD, or_bytes)
+        if or_expires:
+            doc.add_bytes(OR_EXPIRES_FIELD, or_expires)
+        if expires is not None:
+            doc.add_unsigned(EXPIRES_FIELD, max(0, expires))
         for name, strings in texts.items():
             for s in strings:
                 doc.add_text(name, s)

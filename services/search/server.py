@@ -43,7 +43,12 @@ _CHANGE = {
 }
 
 
+_PLAIN_OPTIONS = {flag: SearchOptions(limit=0, include_value=flag) for flag in (False, True)}
+
+
 def options_from_pb(o: search_pb2.SearchOptions) -> SearchOptions:
+    if not o.limit and not o.min_score and not o.boost and not o.fields:
+        return _PLAIN_OPTIONS[o.include_value]
     return SearchOptions(
         limit=o.limit,
         min_score=o.min_score,
@@ -115,8 +120,11 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         )
         if plan is None or idx is None:
             return search_pb2.SearchResponse(request_id=request.request_id)
-        hits = [_hit_pb(h) for h in idx.search(plan, options)]
-        return search_pb2.SearchResponse(hits=hits, request_id=request.request_id)
+        resp = search_pb2.SearchResponse(request_id=request.request_id)
+        add = resp.hits.add  # built in place: a list of SearchHit would be copied once more
+        for h in idx.search(plan, options):
+            add(key=h.key, score=h.score, matched_terms=h.matched_terms, value=h.value or b"")
+        return resp
 
     async def Search(self, request: Any, context: Any) -> search_pb2.SearchResponse:
         try:
