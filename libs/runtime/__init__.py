@@ -2,6 +2,7 @@
 the ``PORT=<n>`` ready line."""
 
 from libs.runtime.config import env_default, log_config, parse_node_list
+from libs.runtime.grpc_engine import use_iomgr_engine
 from libs.runtime.heap import freeze_heap, freeze_heap_forever
 from libs.runtime.process import announce_port, setup_logging
 
@@ -13,4 +14,5 @@ __all__ = [
     "log_config",
     "parse_node_list",
     "setup_logging",
+    "use_iomgr_engine",
 ]

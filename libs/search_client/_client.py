@@ -56,6 +56,9 @@ class SearchStatus:
     rebuilds_done: int
 
 
+_DEFAULT_OPTIONS_PB = SearchOptions().to_pb()
+
+
 def hits_of(resp: search_pb2.SearchResponse) -> list[SearchHit]:
     return [SearchHit(h.key, h.score, tuple(h.matched_terms), h.value or None) for h in resp.hits]
 
@@ -102,15 +105,30 @@ class SearchClient:
     ) -> list[SearchHit]:
         """The best hits, best first; raises QueryRejected for a malformed query. A map that was
         never written has no hits. Searches share one stream to the service."""
+        return hits_of(await self.search_response(map_name, query, options, timeout=timeout))
+
+    async def search_response(
+        self,
+        map_name: str,
+        query: str,
+        options: SearchOptions | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> search_pb2.SearchResponse:
+        """``search`` without converting the answer: its ``hits`` as the service sent them (a
+        caller that re-encodes them anyway saves building a ``SearchHit`` per hit)."""
         req = search_pb2.SearchRequest(
-            map_name=map_name, query=query, options=(options or SearchOptions()).to_pb()
+            map_name=map_name,
+            query=query,
+            options=_DEFAULT_OPTIONS_PB if options is None else options.to_pb(),
         )
-        if self._stream is None:
-            self._stream = SearchStream(self.stub, self.address)
-        resp = await self._stream.request(req, self.timeout if timeout is None else timeout)
+        stream = self._stream
+        if stream is None:
+            stream = self._stream = SearchStream(self.stub, self.address)
+        resp = await stream.request(req, self.timeout if timeout is None else timeout)
         if resp.error:
             raise QueryRejected(resp.error, code=grpc.StatusCode.INVALID_ARGUMENT)
-        return hits_of(resp)
+        return resp
 
     async def search_unary(
         self,

@@ -6,13 +6,12 @@ import asyncio
 import logging
 import sys
 
-from libs.runtime import log_config, setup_logging
-from services.edge.app import serve
+from libs.runtime import log_config, setup_logging, use_iomgr_engine
 from services.edge.config import EdgeConfig, config_from_args
-from services.edge.edge import Edge
 
 
 def main(argv: list[str] | None = None) -> int:
+    use_iomgr_engine()  # before grpc is imported (libs/runtime/grpc_engine.py)
     config = config_from_args(argv)
     setup_logging(config.log_level, name=config.edge_id)
     log_config(logging.getLogger("services.edge"), config)
@@ -27,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _run(config: EdgeConfig) -> None:
+    from services.edge.app import serve
+    from services.edge.edge import Edge
+
     await serve(Edge(config))  # gRPC channels need the running loop
 
 

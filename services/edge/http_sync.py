@@ -2,7 +2,10 @@
 
 One MsgPack request in, one MsgPack response out: operations go through the same write path as
 WebSocket ops (so a record written here is visible to every live query), ``syncMaps`` get the LWW
-records changed since the client's timestamp (``deltas``), ``queries`` get one page of values.
+records changed since the client's timestamp (``deltas``), ``queries`` get one page of values,
+``searches`` are answered by the search service (``searchResults``, results shaped as in
+SEARCH_RESP; a malformed query or an unavailable search service is an ``errors`` entry whose
+``context`` is the ``searchId``).
 A body that is not MsgPack, nests too deep or has the wrong shape gets HTTP 400 with a JSON
 ``{code, message}``; an invalid bearer token gets 401.
 """
@@ -17,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from libs.query import QueryError, evaluate, parse_query
+from libs.search_client import QueryRejected, SearchError
 from libs.storage_client import PUT, REMOVE, StorageError, WriteConcern
-from libs.wire import ProtocolError, decode_value, encode
+from libs.wire import ProtocolError, decode_value, encode, parse_search_options
 from services.edge.auth import AuthError
 from services.edge.live_queries import unpack_value
 from services.edge.writes import LEVEL_NAMES
@@ -30,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/msgpack"
+UNAVAILABLE = "search is not available on this server"
 
 
 def _json_error(status: int, message: str) -> web.Response:
@@ -105,6 +110,9 @@ class HttpSync:
         queries = req.get("queries")
         if type(queries) is list and queries:
             resp["queryResults"] = await self._queries(queries, errors)
+        searches = req.get("searches")
+        if type(searches) is list and searches:
+            resp["searchResults"] = await self._searches(searches, errors)
         resp["serverHlc"] = self.edge.clock.now().to_wire()
         if errors:
             resp["errors"] = errors
@@ -201,6 +209,43 @@ class HttpSync:
                 entry["nextCursor"] = result.next_cursor
             out.append(entry)
         return out
+
+    async def _searches(self, searches: list[Any], errors: list[dict[str, Any]]) -> list[Any]:
+        """Every well-formed search, run concurrently; results in request order."""
+        search = self.edge.features.get("search")
+        jobs = []
+        for s in searches:
+            sid = s.get("searchId") if type(s) is dict else None
+            if type(s) is not dict or type(s.get("mapName")) is not str:
+                errors.append({"code": 400, "message": "searches entries need a mapName"})
+                continue
+            if type(s.get("query")) is not str:
+                errors.append({"code": 400, "message": "a search needs a query", "context": sid})
+                continue
+            try:
+                options = parse_search_options(s.get("options"), "options")
+            except ProtocolError as e:
+                errors.append({"code": 400, "message": e.message, "context": sid})
+                continue
+            jobs.append((sid, s["mapName"], s["query"], options))
+
+        async def run(sid: Any, map_name: str, query: str, options: Any) -> Any:
+            if search is None:
+                errors.append({"code": 503, "message": UNAVAILABLE, "context": sid})
+                return None
+            try:
+                results = await search.search_results(map_name, query, options)
+            except QueryRejected as e:
+                errors.append({"code": 400, "message": str(e), "context": sid})
+                return None
+            except SearchError as e:
+                log.warning("/sync search on %r: %s", map_name, e)
+                errors.append({"code": 503, "message": UNAVAILABLE, "context": sid})
+                return None
+            return {"searchId": sid, "results": results, "totalCount": len(results)}
+
+        answers = await asyncio.gather(*(run(*job) for job in jobs))
+        return [a for a in answers if a is not None]
 
     async def _scan(self, map_name: str, *, include_tombstones: bool = False) -> list[Any]:
         router = self.edge.router

@@ -15,8 +15,6 @@ import logging
 import secrets
 from typing import TYPE_CHECKING, Any
 
-import msgpack
-
 from libs.search_client import (
     LiveSearch,
     LiveUpdate,
@@ -25,17 +23,17 @@ from libs.search_client import (
     SearchError,
     SearchHit,
     SearchOptions,
+    SearchUnavailable,
 )
 from libs.wire import SearchOptions as WireSearchOptions
 from libs.wire import (
-    encode,
     parse_search,
     parse_search_sub,
     parse_search_unsub,
-    search_resp,
-    search_update,
 )
 from services.edge.dispatch import Message
+from services.edge.live_queries import unpack_value
+from services.edge.search_frames import search_resp_frame, search_update_frame
 
 if TYPE_CHECKING:
     from services.edge.edge import Edge
@@ -46,7 +44,10 @@ log = logging.getLogger(__name__)
 UNAVAILABLE = "search is not available on this server"
 
 
-def _options(o: WireSearchOptions) -> SearchOptions:
+def _options(o: WireSearchOptions) -> SearchOptions | None:
+    """The service's options for a client's; None for the defaults (results carry the value)."""
+    if o.limit is None and o.min_score is None and o.boost is None and o.fields is None:
+        return None
     return SearchOptions(
         limit=o.limit or 0,
         min_score=o.min_score or 0.0,
@@ -54,22 +55,6 @@ def _options(o: WireSearchOptions) -> SearchOptions:
         fields=tuple(o.fields or ()),
         include_value=True,
     )
-
-
-def _value(raw: bytes | None) -> Any:
-    return None if raw is None else msgpack.unpackb(raw, raw=False, strict_map_key=False)
-
-
-def _results(hits: list[SearchHit]) -> list[dict[str, Any]]:
-    return [
-        {
-            "key": h.key,
-            "value": _value(h.value),
-            "score": h.score,
-            "matchedTerms": list(h.matched_terms),
-        }
-        for h in hits
-    ]
 
 
 class EdgeSearch:
@@ -88,27 +73,47 @@ class EdgeSearch:
             self.edge.spawn(self.live.run(), name="search-updates")
             self.edge.on_stop(self.client.close)
 
+    async def search_results(
+        self, map_name: str, query: str, options: WireSearchOptions
+    ) -> list[dict[str, Any]]:
+        """One search's results as SEARCH_RESP carries them, values decoded (for callers that
+        build their own reply, like HTTP sync). Raises ``QueryRejected`` for a malformed query
+        and ``SearchError`` when the service is missing or fails."""
+        if self.client is None:
+            raise SearchUnavailable(UNAVAILABLE)
+        resp = await self.client.search_response(map_name, query, _options(options))
+        return [
+            {
+                "key": h.key,
+                "value": unpack_value(h.value),
+                "score": h.score,
+                "matchedTerms": list(h.matched_terms),
+            }
+            for h in resp.hits
+        ]
+
     async def on_search(self, session: Session, msg: Message) -> None:
         req = parse_search(msg)
+        rid = req.request_id
         if self.client is None:
-            await session.send(search_resp(req.request_id, [], error=UNAVAILABLE))
+            await session.send_frame(search_resp_frame(rid, [], error=UNAVAILABLE))
             return
         try:
-            hits = await self.client.search(req.map_name, req.query, _options(req.options))
+            resp = await self.client.search_response(req.map_name, req.query, _options(req.options))
         except QueryRejected as e:
-            await session.send(search_resp(req.request_id, [], error=str(e)))
+            await session.send_frame(search_resp_frame(rid, [], error=str(e)))
             return
         except SearchError as e:
             log.warning("SEARCH on %r failed: %s", req.map_name, e)
-            await session.send(search_resp(req.request_id, [], error=UNAVAILABLE))
+            await session.send_frame(search_resp_frame(rid, [], error=UNAVAILABLE))
             return
-        await session.send(search_resp(req.request_id, _results(hits)))
+        await session.send_frame(search_resp_frame(rid, resp.hits))
 
     async def on_sub(self, session: Session, msg: Message) -> None:
         req = parse_search_sub(msg)
         sid = req.subscription_id
         if self.live is None:
-            await session.send(search_resp(sid, [], error=UNAVAILABLE))
+            await session.send_frame(search_resp_frame(sid, [], error=UNAVAILABLE))
             return
         mine: set[str] | None = session.state.get("search")
         if mine is None:
@@ -119,7 +124,7 @@ class EdgeSearch:
         self._subs[internal] = (session, sid)
 
         def first(hits: list[SearchHit]) -> None:
-            session.send_nowait(encode(search_resp(sid, _results(hits))))
+            session.send_nowait(search_resp_frame(sid, hits))
 
         try:
             await self.live.subscribe(
@@ -131,7 +136,7 @@ class EdgeSearch:
             if not isinstance(e, QueryRejected):
                 log.warning("SEARCH_SUB on %r failed: %s", req.map_name, e)
             error = str(e) if isinstance(e, QueryRejected) else UNAVAILABLE
-            await session.send(search_resp(sid, [], error=error))
+            await session.send_frame(search_resp_frame(sid, [], error=error))
 
     async def on_unsub(self, session: Session, msg: Message) -> None:
         sid = parse_search_unsub(msg).subscription_id
@@ -148,12 +153,9 @@ class EdgeSearch:
         if target is None:
             return
         session, sid = target
-        frame = encode(
-            search_update(
-                sid, u.key, _value(u.value), u.score, list(u.matched_terms), u.change_type
-            )
+        session.send_live(
+            search_update_frame(sid, u.key, u.value, u.score, u.matched_terms, u.change_type)
         )
-        session.send_live(frame)
 
     def _drop_session(self, session: Session) -> None:
         if self.live is None or self.client is None:

@@ -164,8 +164,19 @@ class Session:
         await self.send_frame(encode(msg))
 
     async def send_frame(self, frame: bytes) -> None:
-        if not self.closed:
-            await self._out.put(frame)
+        if self.closed:
+            return
+        if self._out.empty():
+            # nothing queued before it: write it now rather than through the writer task (the
+            # bytes reach the transport before any await, so frames stay in order)
+            try:
+                await self.ws.send_bytes(frame)
+            except (ConnectionResetError, RuntimeError, aiohttp.ClientConnectionResetError):
+                self.close("connection lost")
+                return
+            self.edge.metrics.frames_out.inc()
+            return
+        await self._out.put(frame)
 
     def send_nowait(self, frame: bytes) -> None:
         """A live event or a deferred reply: never waits; a full queue closes the connection."""

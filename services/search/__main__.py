@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from libs.runtime import setup_logging
+from libs.runtime import setup_logging, use_iomgr_engine
 from services.search.config import load_config
-from services.search.server import serve
 
 
 def main(argv: list[str] | None = None) -> int:
+    use_iomgr_engine()  # before grpc is imported (libs/runtime/grpc_engine.py)
+    from services.search.server import serve
+
     config = load_config(argv)
     setup_logging(config.log_level, name=config.service_id)
     try:

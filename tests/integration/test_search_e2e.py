@@ -11,6 +11,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
+import msgpack
 import pytest
 
 from tests.support.processes import ServiceProcess, start_service
@@ -195,3 +197,62 @@ async def test_live_search_respects_min_score_and_reports_a_malformed_query(url:
         await c.write(lww_put("notes", "n1", {"text": "zebra"}))
         await search_until(c, "notes", "zebra", 1)
         await c.expect_none("SEARCH_UPDATE", within=0.3)
+
+
+async def test_an_expired_record_stops_being_a_search_hit(url: str) -> None:
+    async with await client(url) as c:
+        await c.write_batch(
+            [
+                lww_put("expiring", "brief", {"t": "ephemeral note"}, ttl_ms=1500),
+                lww_put("expiring", "lasting", {"t": "ephemeral note"}),
+            ]
+        )
+        # searchable at once; once millis + ttlMs has passed only the record without a TTL is left
+        assert sorted(keys(await search_until(c, "expiring", "ephemeral", 2))) == [
+            "brief",
+            "lasting",
+        ]
+        assert keys(await search_until(c, "expiring", "ephemeral", 1, timeout=15)) == ["lasting"]
+
+
+async def test_http_sync_answers_searches(system: ServiceProcess, url: str) -> None:
+    async with await client(url) as c:
+        await seed(c, "sync-articles", ARTICLES)
+        want = await search_until(c, "sync-articles", "machine learning", 3)
+    body = msgpack.packb(
+        {
+            "clientId": "http-client",
+            "clientHlc": {"millis": int(time.time() * 1000), "counter": 0, "nodeId": "http"},
+            "searches": [
+                {"searchId": "s1", "mapName": "sync-articles", "query": "machine learning"},
+                {
+                    "searchId": "s2",
+                    "mapName": "sync-articles",
+                    "query": "cook",
+                    "options": {"limit": 1},
+                },
+                {"searchId": "s3", "mapName": "never-written", "query": "anything"},
+                {"searchId": "bad", "mapName": "sync-articles", "query": '"unclosed'},
+                {
+                    "searchId": "bad-options",
+                    "mapName": "sync-articles",
+                    "query": "x",
+                    "options": {"limit": -1},
+                },
+            ],
+        }
+    )
+    http = f"http://127.0.0.1:{system.port}"
+    async with aiohttp.ClientSession() as s, s.post(f"{http}/sync", data=body) as r:
+        assert r.status == 200
+        resp = msgpack.unpackb(await r.read(), raw=False)
+    results = {x["searchId"]: x for x in resp["searchResults"]}
+    assert set(results) == {"s1", "s2", "s3"}
+    assert results["s1"]["results"] == want["results"]
+    assert results["s1"]["totalCount"] == 3
+    assert [x["key"] for x in results["s2"]["results"]] in (["art-3"], ["art-4"])
+    assert results["s3"] == {"searchId": "s3", "results": [], "totalCount": 0}
+    errors = {e["context"]: e for e in resp["errors"]}
+    assert set(errors) == {"bad", "bad-options"}
+    assert errors["bad"]["code"] == 400 and "malformed query" in errors["bad"]["message"]
+    assert errors["bad-options"]["code"] == 400
