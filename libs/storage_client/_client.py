@@ -23,6 +23,7 @@ from libs.storage_client._records import (
     changes_from_batch,
     records_from_batch,
 )
+from libs.storage_client._stream import RequestStream
 from topgun_rpc import common_pb2, storage_pb2, storage_pb2_grpc
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -102,9 +103,10 @@ def add_leaf_sums(arrays: Iterable[npt.NDArray[np.uint32]]) -> npt.NDArray[np.ui
 
 
 class StorageClient:
-    """Async client of one storage node. Every unary call has a deadline (``timeout`` seconds,
-    default the client's); streams that are meant to live long (change feed, broadcasts) have
-    none and end when the caller stops iterating."""
+    """Async client of one storage node. Every call has a deadline (``timeout`` seconds, default
+    the client's); streams that are meant to live long (change feed, broadcasts) have none and
+    end when the caller stops iterating. ``apply`` rides one long-lived ApplyStream (see
+    ``RequestStream``); ``streamed=False`` makes it a unary Apply call each time."""
 
     def __init__(
         self,
@@ -112,12 +114,16 @@ class StorageClient:
         *,
         timeout: float = 5.0,
         channel: grpc.aio.Channel | None = None,
+        streamed: bool = True,
     ) -> None:
         self.address = address
         self.timeout = timeout
         self._channel = channel or grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._stub = storage_pb2_grpc.StorageStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._applies: RequestStream[storage_pb2.ApplyRequest, storage_pb2.ApplyResponse] | None = (
+            RequestStream(self._stub.ApplyStream, address) if streamed else None
+        )
 
     @property
     def stub(self) -> storage_pb2_grpc.StorageStub:
@@ -125,6 +131,8 @@ class StorageClient:
         return self._stub
 
     async def close(self) -> None:
+        if self._applies is not None:
+            await self._applies.close()
         await self._channel.close(None)
 
     async def __aenter__(self) -> StorageClient:
@@ -161,10 +169,13 @@ class StorageClient:
             timeout_ms=max(1, int(t * 1000 * 0.8)),
             table_version=table_version,
         )
-        try:
-            resp = await self._stub.Apply(req, timeout=t)
-        except grpc.aio.AioRpcError as e:
-            raise translate(e, self.address) from None
+        if self._applies is not None:
+            resp = await self._applies.request(req, t)
+        else:
+            try:
+                resp = await self._stub.Apply(req, timeout=t)
+            except grpc.aio.AioRpcError as e:
+                raise translate(e, self.address) from None
         errors = dict(zip(resp.error_index, resp.error_message, strict=False))
         return ApplyResult(list(resp.status), errors, resp.achieved, resp.table_version)
 

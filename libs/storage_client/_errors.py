@@ -32,8 +32,12 @@ class FeedDropped(StorageError):
 
 
 def translate(err: grpc.aio.AioRpcError, address: str) -> StorageError:
-    code = err.code()
-    msg = f"{address}: {code.name if code else '?'}: {err.details()}"
+    return error_for(err.code(), err.details() or "", address)
+
+
+def error_for(code: grpc.StatusCode | None, details: str, address: str) -> StorageError:
+    """The StorageError a call that ended with ``code`` raises."""
+    msg = f"{address}: {code.name if code else '?'}: {details}"
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return StorageUnavailable(msg, code=code, address=address)
     if code == grpc.StatusCode.FAILED_PRECONDITION:

@@ -27,7 +27,7 @@ import logging
 
 import grpc
 
-from libs.storage_client import CHANNEL_OPTIONS
+from libs.storage_client import CHANNEL_OPTIONS, RequestStream, StorageError
 from services.storage.changes import ChangeSet
 from services.storage.partition_store import PartitionStore
 from topgun_rpc import storage_pb2, storage_pb2_grpc
@@ -160,7 +160,9 @@ class Replicator:
 
     async def run(self) -> None:
         self._channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
-        stub = storage_pb2_grpc.StorageStub(self._channel)
+        stub: RequestStream[storage_pb2.ReplicateRequest, storage_pb2.ReplicateResponse] = (
+            RequestStream(storage_pb2_grpc.StorageStub(self._channel).ReplicateStream, self.address)
+        )
         acked: dict[int, int] = {}  # per partition: the seq the backup is known to hold
         try:
             while True:
@@ -220,10 +222,14 @@ class Replicator:
                 self.sent_changes += n
                 self._resolve(mark)
         finally:
+            await stub.close()
             await self._channel.close(None)
 
     async def _call_until_ok(
-        self, stub: storage_pb2_grpc.StorageStub, cs: ChangeSet, base_seqs: dict[int, int]
+        self,
+        stub: RequestStream[storage_pb2.ReplicateRequest, storage_pb2.ReplicateResponse],
+        cs: ChangeSet,
+        base_seqs: dict[int, int],
     ) -> storage_pb2.ReplicateResponse:
         req = storage_pb2.ReplicateRequest(
             ops=cs.op_batch(),
@@ -235,12 +241,11 @@ class Replicator:
         delay = RETRY_MIN_S
         while True:
             try:
-                resp: storage_pb2.ReplicateResponse = await stub.Replicate(
-                    req, timeout=self._timeout
-                )
-            except grpc.aio.AioRpcError as e:
+                resp = await stub.request(req, self._timeout)
+            except StorageError as e:
                 if self.connected:
-                    log.warning("backup %s unreachable (%s); retrying", self.peer_id, e.code().name)
+                    code = e.code.name if e.code else "?"
+                    log.warning("backup %s unreachable (%s); retrying", self.peer_id, code)
                 self.connected = False
                 await asyncio.sleep(delay)
                 delay = min(RETRY_MAX_S, delay * 2)

@@ -8,8 +8,8 @@ import contextlib
 import dataclasses
 import logging
 import signal
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import _async as health_aio
@@ -35,6 +35,55 @@ SHUTDOWN_GRACE_S = 2.0
 FLUSH_TIMEOUT_S = 30.0
 
 
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+async def multiplexed(
+    requests: AsyncIterable[Req], handle: Callable[[Req], Awaitable[Resp]]
+) -> AsyncIterator[Resp]:
+    """Serve a request stream: every request is handled in its own task as it arrives (a write
+    waiting for its concern holds up no other), and answers leave in the order they are ready.
+    ``handle`` answers failures inside the response. Ends once the caller stopped sending and
+    every request was answered."""
+    ready: asyncio.Queue[asyncio.Future[Resp] | None] = asyncio.Queue()
+    tasks: set[asyncio.Future[Resp]] = set()
+
+    def finished(t: asyncio.Future[Resp]) -> None:
+        tasks.discard(t)
+        ready.put_nowait(t)
+
+    async def read() -> None:
+        try:
+            async for req in requests:
+                t = asyncio.ensure_future(handle(req))
+                tasks.add(t)
+                t.add_done_callback(finished)
+        finally:
+            ready.put_nowait(None)
+
+    reader = asyncio.ensure_future(read())
+    reading = True
+    try:
+        while reading or tasks or not ready.empty():
+            item = await ready.get()
+            if item is None:
+                reading = False
+                continue
+            if not item.cancelled():
+                yield item.result()
+    finally:
+        reader.cancel()
+        for t in list(tasks):
+            t.cancel()
+
+
+def _failed(resp: Any, code: grpc.StatusCode, error: Exception) -> Any:
+    resp.error_code = code.value[0]
+    resp.error = str(error)
+    return resp
+
+
 class StorageServicer(storage_pb2_grpc.StorageServicer):
     """Maps node errors to gRPC statuses; never lets one escape as an internal error."""
 
@@ -48,6 +97,23 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
             raise  # unreachable: abort raises
 
+    async def ApplyStream(
+        self, request_iterator: Any, context: Any
+    ) -> AsyncIterator[storage_pb2.ApplyResponse]:
+        async for resp in multiplexed(request_iterator, self._apply_one):
+            yield resp
+
+    async def _apply_one(self, request: storage_pb2.ApplyRequest) -> storage_pb2.ApplyResponse:
+        try:
+            resp = await self.node.apply(request)
+        except BadBatch as e:
+            resp = _failed(storage_pb2.ApplyResponse(), grpc.StatusCode.INVALID_ARGUMENT, e)
+        except Exception as e:
+            log.exception("Apply failed")
+            resp = _failed(storage_pb2.ApplyResponse(), grpc.StatusCode.INTERNAL, e)
+        resp.request_id = request.request_id
+        return resp
+
     async def Replicate(self, request: Any, context: Any) -> storage_pb2.ReplicateResponse:
         try:
             return await self.node.replicate(request)
@@ -57,6 +123,27 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         except TableBehind as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
             raise
+
+    async def ReplicateStream(
+        self, request_iterator: Any, context: Any
+    ) -> AsyncIterator[storage_pb2.ReplicateResponse]:
+        async for resp in multiplexed(request_iterator, self._replicate_one):
+            yield resp
+
+    async def _replicate_one(
+        self, request: storage_pb2.ReplicateRequest
+    ) -> storage_pb2.ReplicateResponse:
+        try:
+            resp = await self.node.replicate(request)
+        except BadBatch as e:
+            resp = _failed(storage_pb2.ReplicateResponse(), grpc.StatusCode.INVALID_ARGUMENT, e)
+        except TableBehind as e:
+            resp = _failed(storage_pb2.ReplicateResponse(), grpc.StatusCode.UNAVAILABLE, e)
+        except Exception as e:
+            log.exception("Replicate failed")
+            resp = _failed(storage_pb2.ReplicateResponse(), grpc.StatusCode.INTERNAL, e)
+        resp.request_id = request.request_id
+        return resp
 
     async def Get(self, request: Any, context: Any) -> common_pb2.RecordBatch:
         try:
