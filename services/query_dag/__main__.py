@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from libs.runtime import setup_logging
-from services.query_dag.config import load_config
-from services.query_dag.server import serve
+from libs.runtime import setup_logging, use_iomgr_engine
 
 
 def main(argv: list[str] | None = None) -> int:
+    use_iomgr_engine()  # before grpc is imported (libs/runtime/grpc_engine.py)
+    from services.query_dag.config import load_config
+    from services.query_dag.server import serve
+
     config = load_config(argv)
     setup_logging(config.log_level, name="query_dag")
     try:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from libs.runtime import setup_logging
-from services.storage.config import load_config
-from services.storage.server import serve
+from libs.runtime import setup_logging, use_iomgr_engine
 
 
 def main(argv: list[str] | None = None) -> int:
+    use_iomgr_engine()  # before grpc is imported (libs/runtime/grpc_engine.py)
+    from services.storage.config import load_config
+    from services.storage.server import serve
+
     config = load_config(argv)
     setup_logging(config.log_level, name=config.node_id)
     try:
