@@ -52,8 +52,7 @@ _CHANGE = _pack("changeType")
 
 
 def _strings(values: Iterable[str]) -> bytes:
-    items = list(values)
-    return array_header(len(items)) + b"".join(map(_pack, items))
+    return _pack(list(values))
 
 
 def search_resp_frame(
@@ -79,7 +78,7 @@ def search_resp_frame(
         add(_SCORE)
         add(pack(float(h.score)))
         add(_TERMS)
-        add(_strings(h.matched_terms))
+        add(pack(list(h.matched_terms)))
     add(_TOTAL)
     add(pack(len(hits)))
     if error is not None:
