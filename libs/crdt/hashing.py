@@ -3,6 +3,10 @@
 These are TopGun's hash primitives (``packages/core/src/utils/hash.ts``). Every function has a
 scalar form for single values and a numpy form for whole batches; the batch forms are what the
 write path uses, since per-item Python work is the bottleneck there.
+
+FNV-1a over the UTF-16 units of an ASCII string is FNV-1a over its bytes (every unit is below
+0x80), which ``fnv_hash_fast`` computes in C; keys and item strings are almost always ASCII.
+Other strings take the code-unit paths below.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from fnv_hash_fast import fnv1a_32 as _fnv1a_bytes
 
 PARTITION_COUNT = 271
 FNV_OFFSET = 0x811C9DC5
@@ -27,11 +32,9 @@ def _utf16_units(s: str) -> memoryview:
 
 def fnv1a(s: str) -> int:
     """32-bit FNV-1a of ``s`` over its UTF-16 code units (never UTF-8 bytes); unsigned."""
-    h = FNV_OFFSET
     if s.isascii():
-        for b in s.encode("ascii"):
-            h = ((h ^ b) * FNV_PRIME) & _MASK
-        return h
+        return int(_fnv1a_bytes(s.encode("ascii")))
+    h = FNV_OFFSET
     for u in _utf16_units(s):
         h = ((h ^ u) * FNV_PRIME) & _MASK
     return h
@@ -140,11 +143,14 @@ _SCALAR_BELOW = 12
 def fnv1a_many(strings: Sequence[str]) -> U32Array:
     """FNV-1a of every string, as a uint32 array; equal to ``[fnv1a(s) for s in strings]``.
 
-    The strings' UTF-16 units are laid out as a padded column-major matrix and hashed one column
-    at a time, so the Python-level loop runs over the longest string's length, not over the
-    strings (in chunks, to bound memory).
+    An all-ASCII batch is hashed string by string in C. Otherwise the strings' UTF-16 units are
+    laid out as a padded column-major matrix and hashed one column at a time, so the Python-level
+    loop runs over the longest string's length, not over the strings (in chunks, to bound
+    memory).
     """
     n = len(strings)
+    if "".join(strings).isascii():
+        return np.fromiter(map(_fnv1a_bytes, map(str.encode, strings)), dtype=np.uint32, count=n)
     if n <= _SCALAR_BELOW:
         # A column pass costs a few numpy calls per character; for a handful of strings the
         # scalar loop is cheaper (small write batches hash one or two keys).
