@@ -143,15 +143,21 @@ def merge_batch(
     checks.append(
         (~held[parts_a], OP_NOT_OWNER, "partition not writable here; send it to its primary")
     )
-    bad = np.zeros(n, dtype=bool)
-    for mask, code, msg in checks:
-        new = mask & ~bad
-        if new.any():
-            for i in np.flatnonzero(new).tolist():
-                statuses[i] = code
-                errors.append((i, msg))
-            bad |= new
-    valid = np.flatnonzero(~bad)
+    any_bad = checks[0][0].copy()
+    for mask, _, _ in checks[1:]:
+        any_bad |= mask
+    if not any_bad.any():  # the common case: one test instead of one per check
+        valid = np.arange(n)
+    else:
+        bad = np.zeros(n, dtype=bool)
+        for mask, code, msg in checks:
+            new = mask & ~bad
+            if new.any():
+                for i in np.flatnonzero(new).tolist():
+                    statuses[i] = code
+                    errors.append((i, msg))
+                bad |= new
+        valid = np.flatnonzero(~bad)
     if len(valid) == 0:
         errors.sort()
         return outcome
