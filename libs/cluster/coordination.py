@@ -307,12 +307,18 @@ class Coordination:
                 log.warning("lease renewal failed: %s", exc)
                 self._lease_revision = None
                 return False
-        try:
-            self._lease_revision = await self._lease.create(LEASE_KEY, value)
-            log.info("%s took the coordinator lease", holder)
-            return True
-        except KeyWrongLastSequenceError:
-            return False
+        for _ in range(2):
+            try:
+                self._lease_revision = await self._lease.create(LEASE_KEY, value)
+                log.info("%s took the coordinator lease", holder)
+                return True
+            except KeyWrongLastSequenceError:
+                return False
+            except KeyNotFoundError:
+                # The old lease expired (max age) between create's write, refused because it
+                # still existed, and create's look at it: it is free now, so try again.
+                continue
+        return False
 
     async def release_lease(self, holder: str) -> None:
         """Give the lease up (on shutdown) so another node takes over without waiting for expiry."""
