@@ -18,6 +18,9 @@ class CounterStore:
     def __len__(self) -> int:
         return len(self._states)
 
+    def names(self) -> list[str]:
+        return list(self._states)
+
     def get(self, name: str) -> tuple[dict[str, float], dict[str, float]]:
         pos, neg = self._states.get(name, ({}, {}))
         return dict(pos), dict(neg)

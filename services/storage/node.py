@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -78,7 +78,7 @@ class StorageNode:
         self.writer = GroupCommitWriter(backend, linger_s=config.commit_linger_ms / 1000.0)
         self.fanout = ChangeFanout(queue_size=config.feed_queue_batches)
         self.broadcasts = BroadcastHub()
-        self.replicas = ReplicaSet(self.node_id, self.store)
+        self.replicas = ReplicaSet(self.node_id, self.store, counters=self._counter_states)
         # Cluster mode (set by cluster_member.py): the incarnation this process is, whether it
         # may trust its table (fencing), and how to wait for a newer table.
         self.epoch = 0
@@ -369,6 +369,8 @@ class StorageNode:
                     log.info("%d writes of %s merged here as their new owner", len(cs), owner)
                 self.fanout.publish(cs)
                 applied += sum(1 for s in forwarded.statuses if s == OP_APPLIED)
+        if req.counters:
+            self._merge_replicated_counters(req.counters, held)
         return storage_pb2.ReplicateResponse(
             applied=applied, partition_seqs={p: seqs[p] for p in held_parts}
         )
@@ -492,11 +494,37 @@ class StorageNode:
                 f"counter {name!r} lives in partition {p}, owned by {self.table.owners[p]}"
             )
 
+    def _merge_replicated_counters(
+        self, states: Sequence[storage_pb2.CounterState], held: npt.NDArray[np.bool_]
+    ) -> None:
+        """Counter states from the owner of partitions we back up (others are left out)."""
+        changed = {}
+        for st in states:
+            if held[partition_of(st.name)] and self.counters.merge(
+                st.name, st.positive, st.negative
+            ):
+                changed[st.name] = self.counters.encode(st.name)
+        if changed:
+            self.writer.submit(counters=changed)
+
+    def _counter_states(self, partitions: Collection[int]) -> list[storage_pb2.CounterState]:
+        """Current states of the counters that live in ``partitions`` (for a backup's resync)."""
+        out = []
+        for name in self.counters.names():
+            if partition_of(name) in partitions:
+                pos, neg = self.counters.get(name)
+                out.append(storage_pb2.CounterState(name=name, positive=pos, negative=neg))
+        return out
+
     def counter_merge(self, state: storage_pb2.CounterState) -> storage_pb2.CounterState:
         self._counter_owned(state.name)
         if self.counters.merge(state.name, state.positive, state.negative):
             self.writer.submit(counters={state.name: self.counters.encode(state.name)})
             pos, neg = self.counters.get(state.name)
+            self.replicas.route_counter(
+                partition_of(state.name),
+                storage_pb2.CounterState(name=state.name, positive=pos, negative=neg),
+            )
             self.broadcasts.publish(
                 storage_pb2.Broadcast(
                     counter=storage_pb2.CounterState(

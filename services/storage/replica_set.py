@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +26,9 @@ from libs.cluster.partition_table import NodeId, PartitionTable
 from services.storage.changes import ChangeSet
 from services.storage.partition_store import PartitionStore
 from services.storage.replication import Replicator
+from topgun_rpc import storage_pb2
+
+CounterStates = Callable[[Collection[int]], list[storage_pb2.CounterState]]
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +50,11 @@ class ReplicaSet:
         store: PartitionStore,
         *,
         on_synced: Callable[[int], None] | None = None,
+        counters: CounterStates | None = None,
     ) -> None:
         self.node_id = node_id
         self._store = store
+        self._counters = counters
         self._peers: dict[NodeId, _Peer] = {}
         self._retired: set[asyncio.Task[None]] = set()
         self._sync_task: asyncio.Task[None] | None = None
@@ -95,6 +100,7 @@ class ReplicaSet:
                 partitions=parts,
                 store=self._store,
                 table_version=table.version,
+                counters=self._counters,
             )
             task = asyncio.get_running_loop().create_task(rep.run(), name=f"replicate-{peer}")
             task.add_done_callback(self._task_done)
@@ -155,6 +161,12 @@ class ReplicaSet:
                 peer.replicator.submit(cs)
             elif len(sel):
                 peer.replicator.submit(cs.select(sel.tolist()))
+
+    def route_counter(self, partition: int, state: storage_pb2.CounterState) -> None:
+        """Queue a PN counter's new state for every peer that backs up its partition."""
+        for peer in self._peers.values():
+            if peer.mask[partition]:
+                peer.replicator.submit_counter(state)
 
     async def wait(self, parts: npt.NDArray[np.intp], timeout: float) -> bool:
         """True once every backup of ``parts`` applied everything queued so far."""

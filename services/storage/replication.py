@@ -13,6 +13,10 @@ failover or a move): it gets the partition from the start. This resync is also h
 migrates: a node that becomes a backup of a partition starts empty and receives a snapshot of it,
 then the live changes.
 
+PN counters ride the same requests: ``submit_counter`` queues a counter's current state (a later
+state replaces a queued one, since states only grow), and a resync sends every counter of the
+partitions in scope.
+
 When the partition table changes, ``retarget`` gives a replicator its new partition set (a grown
 set triggers a resync), ``retire`` lets it finish sending what is queued and stop (the peer is
 still alive but no longer backs anything of ours), and ``abandon`` stops it at once and fails its
@@ -24,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+from collections.abc import Callable, Collection
 
 import grpc
 
@@ -51,6 +56,7 @@ class Replicator:
         table_version: int,
         max_pending: int = 500_000,
         call_timeout: float = 10.0,
+        counters: Callable[[Collection[int]], list[storage_pb2.CounterState]] | None = None,
     ) -> None:
         self.node_id = node_id
         self.peer_id = peer_id
@@ -62,6 +68,8 @@ class Replicator:
         self._timeout = call_timeout
         self._pending: list[ChangeSet] = []
         self._pending_n = 0
+        self._counters: dict[str, storage_pb2.CounterState] = {}
+        self._all_counters = counters or (lambda partitions: [])
         self._submitted = 0
         self._done = 0
         self._resync = True
@@ -99,7 +107,14 @@ class Replicator:
 
     @property
     def idle(self) -> bool:
-        return not self._pending and not self._resync
+        return not self._pending and not self._resync and not self._counters
+
+    def submit_counter(self, state: storage_pb2.CounterState) -> int:
+        """Queue a counter's current state (its partition is one this peer backs up)."""
+        self._counters[state.name] = state
+        self._submitted += 1
+        self._wake.set()
+        return self._submitted
 
     def submit(self, cs: ChangeSet) -> int:
         """Queue changes (already restricted to this peer's partitions); returns their mark."""
@@ -166,7 +181,7 @@ class Replicator:
         acked: dict[int, int] = {}  # per partition: the seq the backup is known to hold
         try:
             while True:
-                if not self._resync and not self._pending:
+                if not self._resync and not self._pending and not self._counters:
                     # Idle: everything submitted so far (barriers included) has been sent.
                     self._resolve(self._submitted)
                     if self._retiring:
@@ -189,6 +204,8 @@ class Replicator:
                     self._pending_n = 0
                     self._resync = False
                     cs = self._store.changes_since(None, sorted(scope), acked)
+                    self._counters.clear()
+                    counters = self._all_counters(scope)
                     if len(cs):
                         log.info(
                             "resyncing %d changes of %d partitions to backup %s",
@@ -198,10 +215,17 @@ class Replicator:
                         )
                 else:
                     mark = self._submitted
-                    cs = ChangeSet.concat(self._pending)
+                    cs = ChangeSet.concat(self._pending) if self._pending else ChangeSet()
                     self._pending = []
                     self._pending_n = 0
+                    counters = list(self._counters.values())
+                    self._counters.clear()
                 n = len(cs)
+                if counters and n == 0:
+                    resp = await self._call_until_ok(stub, cs, {}, counters)
+                    if resp.behind:
+                        self._resync = True
+                        continue
                 for start in range(0, n, SEND_CHUNK):
                     part = (
                         cs
@@ -209,7 +233,9 @@ class Replicator:
                         else cs.select(range(start, min(n, start + SEND_CHUNK)))
                     )
                     base = {p: acked.get(p, 0) for p in set(part.partitions)}
-                    resp = await self._call_until_ok(stub, part, base)
+                    resp = await self._call_until_ok(
+                        stub, part, base, counters if start == 0 else ()
+                    )
                     if resp.behind:
                         log.warning("backup %s lost state; resyncing from the store", self.peer_id)
                         self._resync = True
@@ -230,6 +256,7 @@ class Replicator:
         stub: RequestStream[storage_pb2.ReplicateRequest, storage_pb2.ReplicateResponse],
         cs: ChangeSet,
         base_seqs: dict[int, int],
+        counters: Collection[storage_pb2.CounterState] = (),
     ) -> storage_pb2.ReplicateResponse:
         req = storage_pb2.ReplicateRequest(
             ops=cs.op_batch(),
@@ -237,6 +264,7 @@ class Replicator:
             from_node=self.node_id,
             table_version=self._table_version,
             base_seqs=base_seqs,
+            counters=counters,
         )
         delay = RETRY_MIN_S
         while True:

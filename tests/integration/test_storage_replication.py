@@ -100,3 +100,29 @@ def _partition(key: str) -> int:
 
 def _ports(procs: dict[str, object]) -> dict[str, int]:
     return {n: p.port for n, p in procs.items()}  # type: ignore[attr-defined]
+
+
+async def test_pn_counters_reach_the_backup_and_survive_it_taking_over(
+    storage_nodes: StorageNodes,
+) -> None:
+    procs = storage_nodes.cluster(2, storage="sqlite")
+    async with StorageClient(procs["s1"].address) as s1:
+        table = (await s1.partition_info()).table
+        names = (f"likes-{i}" for i in range(100))
+        name = next(n for n in names if table.owners[_partition(n)] == "s1")
+        p = _partition(name)
+        keys = [k for k in (f"k{i}" for i in range(20_000)) if _partition(k) == p][:2]
+        # The backup is connected and caught up (its first resync is behind us) ...
+        assert (await s1.apply(puts(keys[:1], 1000), REPLICATED)).achieved == REPLICATED
+        # ... so these states travel as live replication, not in a resync.
+        await s1.counter_merge(name, {"alice": 3.0}, {})
+        await s1.counter_merge(name, {"alice": 5.0, "bob": 2.0}, {"alice": 1.0})
+        # A REPLICATED write of the same partition leaves after them and waits for the backup.
+        assert (await s1.apply(puts(keys[1:], 1000), REPLICATED)).achieved == REPLICATED
+    procs["s1"].kill()
+    procs["s2"].stop()
+    alone = storage_nodes.start("s2", storage="sqlite")  # its own store, every partition its own
+    async with StorageClient(alone.address) as s2:
+        got = await s2.counter_get(name)
+    assert got.positive == {"alice": 5.0, "bob": 2.0} and got.negative == {"alice": 1.0}
+    assert got.value == 6.0
