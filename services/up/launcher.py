@@ -237,10 +237,11 @@ class Launcher:
             for t in waits:
                 t.cancel()
 
-    async def stop_all(self, grace: float = 5.0) -> None:
+    async def stop_all(self, grace: float = 5.0, storage_grace: float = 40.0) -> None:
         """Stop in dependency order: the edge (it closes client sockets cleanly), then the
         services that follow the storage nodes, then the storage nodes; SIGKILL what outlives
-        its grace period."""
+        its grace period. A storage node gets longer: it commits what it acknowledged before it
+        exits (its own flush deadline is 30 s), and killing it would lose that."""
         tiers: dict[int, list[Child]] = {}
         for c in self.children:
             tier = 0 if c.name == "edge" else 2 if c.name.startswith("storage-") else 1
@@ -251,7 +252,8 @@ class Launcher:
                 if c.alive:
                     with contextlib.suppress(ProcessLookupError):
                         c.proc.send_signal(signal.SIGTERM)
-            await asyncio.gather(*(self._reap(c, grace) for c in group))
+            limit = storage_grace if tier == 2 else grace
+            await asyncio.gather(*(self._reap(c, limit) for c in group))
         if self.store is not None:  # the coordination store goes last: the others leave through it
             await asyncio.to_thread(self.store.stop)
 
