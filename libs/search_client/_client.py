@@ -58,6 +58,14 @@ class SearchStatus:
 
 _DEFAULT_OPTIONS_PB = SearchOptions().to_pb()
 
+# reconnect soon after the service (re)starts: searches are answered within a request's deadline
+SEARCH_CHANNEL_OPTIONS = [
+    *CHANNEL_OPTIONS,
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
 
 def hits_of(resp: search_pb2.SearchResponse) -> list[SearchHit]:
     return [SearchHit(h.key, h.score, tuple(h.matched_terms), h.value or None) for h in resp.hits]
@@ -69,7 +77,9 @@ class SearchClient:
     ) -> None:
         self.address = address
         self.timeout = timeout
-        self._channel = channel or grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._channel = channel or grpc.aio.insecure_channel(
+            address, options=SEARCH_CHANNEL_OPTIONS
+        )
         self.stub = search_pb2_grpc.SearchStub(self._channel)
         self._stream: SearchStream | None = None
 
@@ -124,7 +134,7 @@ class SearchClient:
         )
         stream = self._stream
         if stream is None:
-            stream = self._stream = SearchStream(self.stub, self.address)
+            stream = self._stream = SearchStream(self.stub, self.address, self._channel)
         resp = await stream.request(req, self.timeout if timeout is None else timeout)
         if resp.error:
             raise QueryRejected(resp.error, code=grpc.StatusCode.INVALID_ARGUMENT)

@@ -4,7 +4,9 @@ A unary gRPC call costs several times what one message on an open stream costs, 
 searches often sends its searches down one stream, each tagged with a request id, and matches the
 answers back by id. The stream is opened on first use and reopened after it breaks; a search
 in flight when it breaks fails with ``SearchUnavailable`` (the caller may retry). Every search
-still has its own deadline.
+still has its own deadline. Before (re)opening the stream the client waits a moment for the
+channel to connect: a search right after the service (re)started would otherwise fail at once
+while the channel sits out its reconnect backoff.
 """
 
 from __future__ import annotations
@@ -19,11 +21,19 @@ import grpc
 from libs.search_client._errors import SearchError, SearchUnavailable, translate
 from topgun_rpc import search_pb2, search_pb2_grpc
 
+CONNECT_WAIT_S = 2.0  # longest a search waits for an unconnected channel before trying anyway
+
 
 class SearchStream:
-    def __init__(self, stub: search_pb2_grpc.SearchStub, address: str) -> None:
+    def __init__(
+        self,
+        stub: search_pb2_grpc.SearchStub,
+        address: str,
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
         self._stub = stub
         self._address = address
+        self._channel = channel
         self._call: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._pending: dict[int, asyncio.Future[search_pb2.SearchResponse]] = {}
@@ -40,6 +50,8 @@ class SearchStream:
         try:
             async with asyncio.timeout(timeout):
                 async with self._write_lock:
+                    if self._call is None:
+                        await self._connected(min(CONNECT_WAIT_S, timeout))
                     call = self._open()
                     try:
                         await call.write(req)
@@ -55,6 +67,15 @@ class SearchStream:
             ) from None
         finally:
             self._pending.pop(rid, None)
+
+    async def _connected(self, wait: float) -> None:
+        channel = self._channel
+        if channel is None:
+            return
+        if channel.get_state(try_to_connect=True) is grpc.ChannelConnectivity.READY:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(channel.channel_ready(), wait)
 
     def _open(self) -> Any:
         if self._call is None:

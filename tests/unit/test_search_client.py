@@ -120,6 +120,24 @@ async def test_stream_is_reopened_after_the_server_restarts(served: Served) -> N
             await again.server.stop(None)
 
 
+async def test_a_search_waits_briefly_for_a_service_that_is_still_starting() -> None:
+    port = free_port()
+    async with SearchClient(f"127.0.0.1:{port}", timeout=5.0) as sc:
+        # the channel's first connection attempt fails: nothing listens yet
+        with pytest.raises(SearchUnavailable):
+            await sc.status(timeout=0.2)
+
+        async def start_soon() -> Served:
+            await asyncio.sleep(0.3)
+            return await serve(port)
+
+        starting = asyncio.create_task(start_soon())
+        try:
+            assert await sc.search("m", "coffee") == []  # answered once the service is up
+        finally:
+            await (await starting).server.stop(None)
+
+
 async def test_live_search_hands_over_first_results_before_any_update(served: Served) -> None:
     events: list[tuple[str, object]] = []
     async with SearchClient(served.address) as sc:
