@@ -125,7 +125,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         type=int,
         default=env_default("TOPGUN_COMPACT_AFTER", 200_000, e),
         help="sqlite: fold the change log into partition snapshots once it holds this many "
-        "changes (or as many as the snapshots hold, if more)",
+        "changes (or twice as many as the snapshots hold, if more)",
     )
     p.add_argument(
         "--commit-linger-ms",

@@ -48,6 +48,10 @@ CREATE TABLE IF NOT EXISTS snapshots (
 """
 
 DEFAULT_COMPACT_AFTER = 200_000
+# A compaction rewrites every changed partition whole, so it waits until the log holds this many
+# times the snapshots' rows: each logged change then costs at most 1/LOG_TO_SNAPSHOT_RATIO of a
+# rewritten row, for a log (and a replay at start) at most this many times the data.
+LOG_TO_SNAPSHOT_RATIO = 2
 
 
 class SqliteBackend:
@@ -175,7 +179,7 @@ class SqliteBackend:
     # --- compaction -----------------------------------------------------------------------------
 
     def compaction_due(self) -> bool:
-        return self._logged >= max(self.compact_after, self._snapshot_rows)
+        return self._logged >= max(self.compact_after, LOG_TO_SNAPSHOT_RATIO * self._snapshot_rows)
 
     def begin_compaction(self) -> tuple[int, set[tuple[str, int]]]:
         dirty, self._dirty = self._dirty, set()
