@@ -27,6 +27,7 @@ import msgpack
 import tantivy
 
 from services.search.analysis import register_all
+from services.search.keyfilter import KeyFilter
 from services.search.mapspec import MapSpec
 from services.search.matcher import DocTokens, matched_terms
 from services.search.plan import QueryPlan, SearchOptions
@@ -42,6 +43,7 @@ from services.search.schema import (
     FieldTexts,
     MapSchema,
     Texts,
+    string_leaves,
 )
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ log = logging.getLogger(__name__)
 DEFAULT_HEAP_BYTES = 32_000_000
 FIELDS_FILE = "fields.json"
 PROBES_PER_SEARCH = 16  # matched-terms probes answered by one search (see _probe_terms)
+_NO_TEXT = frozenset((int, float, bool, bytes, type(None)))  # value types without strings
 KEY_LOOKUP_LIMIT = 256  # up to this many keys, restrict a search by term lookups (see _only)  # an every-string-field map's field -> slot assignment
 
 
@@ -121,6 +124,8 @@ class MapIndex:
         self._searcher = self._index.searcher()
         # whether a document may carry an expiry time (searches then leave out expired ones)
         self.has_expiring = self._count_expiring(None) > 0
+        # the keys that may have a document (None: unknown, every upsert deletes first)
+        self._keys = self._committed_keys()
         if spec.fields is None and path is not None:
             self._load_fields()
 
@@ -161,11 +166,55 @@ class MapIndex:
         path.mkdir(parents=True, exist_ok=True)
         return tantivy.Index(self.schema.schema, path=str(path), reuse=False)
 
+    def _committed_keys(self) -> KeyFilter | None:
+        """A filter of the keys with a committed document; None when the binding cannot list
+        them (tantivy-py without ``Searcher.terms_with_prefix``)."""
+        if not self.num_docs:
+            return KeyFilter()
+        list_terms = getattr(self._searcher, "terms_with_prefix", None)
+        if list_terms is None:
+            return None
+        terms = list_terms(KEY_FIELD, "")
+        return KeyFilter.of((str(t) for t, _ in terms), len(terms))
+
+    def _may_hold(self, key: str) -> bool:
+        """Record that ``key`` is about to be indexed; returns whether it may hold a document
+        already (and so needs its delete)."""
+        keys = self._keys
+        return keys is None or keys.add(key)
+
     # -- writing -------------------------------------------------------------------------------
 
     def texts_for(self, value: Any) -> Texts:
         """The value's strings per target (new fields of an every-string-field map get a slot)."""
-        return self._targets_of(self.schema.field_texts(value))
+        if self.spec.fields is not None or type(value) is not dict:
+            return self._targets_of(self.schema.field_texts(value))
+        # an every-string-field map's map value: field -> target in one pass (the same texts
+        # as field_texts + _targets_of, which only map keys that are not strings still need)
+        out: Texts = {}
+        targets = self.field_targets
+        for k, v in value.items():
+            t = type(v)
+            if t is str:
+                if not v:
+                    continue
+                strings = [v]
+            elif t in _NO_TEXT:
+                continue
+            else:
+                strings = string_leaves(v)
+                if not strings:
+                    continue
+            if type(k) is not str:
+                return self._targets_of(self.schema.field_texts(value))
+            name = targets.get(k)
+            if name is None:
+                name = self._assign(k)
+            if name in out:
+                out[name].extend(strings)
+            else:
+                out[name] = strings
+        return out
 
     def _targets_of(self, field_texts: FieldTexts) -> Texts:
         out: Texts = {}
@@ -196,11 +245,20 @@ class MapIndex:
         """Index ``key`` with an LWW value (msgpack), expiring at ``expires`` (epoch millis) if
         given; returns the texts it was indexed with."""
         texts = self.texts_for(unpack_value(value_bytes))
-        if not fresh:
+        keys = self._keys
+        if (keys is None or keys.add(key)) and not fresh:
             self._writer.delete_documents_by_term(KEY_FIELD, key)
-        self._writer.add_document(self.schema.document(key, texts, value_bytes, expires=expires))
+        doc = tantivy.Document()
+        doc.add_text(KEY_FIELD, key)
+        doc.add_bytes(VALUE_FIELD, value_bytes)
         if expires is not None:
+            doc.add_unsigned(EXPIRES_FIELD, max(0, expires))
             self.has_expiring = True
+        add_text = doc.add_text
+        for name, strings in texts.items():
+            for s in strings:
+                add_text(name, s)
+        self._writer.add_document(doc)
         self.uncommitted += 1
         return texts
 
@@ -266,7 +324,7 @@ class MapIndex:
         for v in values:
             self.schema.field_texts(v, field_texts)
         texts = self._targets_of(field_texts)
-        if not fresh:
+        if self._may_hold(key) and not fresh:
             self._writer.delete_documents_by_term(KEY_FIELD, key)
         or_bytes = msgpack.packb(records.values, use_bin_type=True)
         value_bytes = msgpack.packb(values, use_bin_type=True)
@@ -336,6 +394,7 @@ class MapIndex:
     def clear(self) -> None:
         self._writer.delete_all_documents()
         self._or_pending.clear()
+        self._keys = KeyFilter()
         self.has_expiring = False
         if self.spec.fields is None:
             self.field_targets = {}
@@ -353,6 +412,8 @@ class MapIndex:
         self._searcher = self._index.searcher()
         self._or_pending.clear()
         self.uncommitted = 0
+        if self._keys is not None and self._keys.full:
+            self._keys = self._committed_keys()  # a larger one: the index holds every key now
 
     def close(self) -> None:
         if self.uncommitted:

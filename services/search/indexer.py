@@ -246,45 +246,55 @@ class Indexer:
     def apply(self, batch: ChangeColumns) -> None:
         """Apply a feed batch to the index writers (visible after the next commit)."""
         positions = self.positions
-        by_map: dict[int, MapIndex | None] = {}
+        position = positions.get
+        keys, kinds, values, map_index = batch.keys, batch.kinds, batch.values, batch.map_index
+        partitions, seqs = batch.partitions, batch.seqs
+        ttl = bool(batch.ttl_ms)
+        # per map of the batch: its index and its changed documents (None: not searchable)
+        by_map: dict[int, tuple[MapIndex, dict[str, ChangedDoc | None]] | None] = {}
         applied = 0
-        for i in range(len(batch)):
-            p = batch.partitions[i]
-            seq = batch.seqs[i]
-            if seq <= positions.get(p, 0):
+        for i in range(len(keys)):
+            p = partitions[i]
+            seq = seqs[i]
+            if seq <= position(p, 0):
                 continue
             positions[p] = seq
-            mi = batch.map_index[i]
-            if mi not in by_map:
-                by_map[mi] = self.catalog.open(batch.map_names[mi])
-            idx = by_map[mi]
-            if idx is None:
+            mi = map_index[i]
+            if mi in by_map:
+                target = by_map[mi]
+            else:
+                target = by_map[mi] = self._target(batch.map_names[mi])
+            if target is None:
                 continue
-            key = batch.keys[i]
-            kind = batch.kinds[i]
+            idx, changed = target
+            key = keys[i]
+            kind = kinds[i]
             doc: ChangedDoc | None
             if kind == PUT:
-                value = batch.values[i]
-                doc = ChangedDoc(idx.upsert(key, value, expires=batch.expires(i)), value)
+                value = values[i]
+                texts = idx.upsert(key, value, expires=batch.expires(i) if ttl else None)
+                doc = ChangedDoc(texts, value)
             elif kind == REMOVE:
                 idx.delete(key)
                 doc = None
             elif kind == OR_ADD:
                 doc = ChangedDoc(
-                    idx.or_add(key, batch.tags[i], batch.values[i], expires=batch.expires(i))
+                    idx.or_add(key, batch.tags[i], values[i], expires=batch.expires(i))
                 )
             elif kind == OR_REMOVE:
-                changed, texts = idx.or_remove(key, batch.tags[i])
-                if not changed:
+                was_changed, texts_left = idx.or_remove(key, batch.tags[i])
+                if not was_changed:
                     continue
-                doc = None if texts is None else ChangedDoc(texts)
+                doc = None if texts_left is None else ChangedDoc(texts_left)
             else:
                 log.warning("map %r key %r: unknown change kind %r", idx.name, key, kind)
                 continue
             applied += 1
-            self._dirty.add(idx.name)
             # recorded for every map: a subscription made before the commit must see these
-            self._changed.setdefault(idx.name, {})[key] = doc
+            changed[key] = doc
+        for target in by_map.values():
+            if target is not None and target[1]:
+                self._dirty.add(target[0].name)
         if applied:
             self.applied_changes += applied
             self._uncommitted += applied
@@ -293,6 +303,13 @@ class Indexer:
         elif positions != self.committed_positions and self._first_uncommitted is None:
             # only positions moved (changes of maps that are not searchable): save them lazily
             self._first_uncommitted = self.clock()
+
+    def _target(self, map_name: str) -> tuple[MapIndex, dict[str, ChangedDoc | None]] | None:
+        """Where a batch's changes of a map go: its index and the map's changed documents."""
+        idx = self.catalog.open(map_name)
+        if idx is None:
+            return None
+        return idx, self._changed.setdefault(idx.name, {})
 
     async def commit(self) -> None:
         """Commit every dirty index, then persist positions, then emit live updates."""
