@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 DEFAULT_HEAP_BYTES = 32_000_000
 FIELDS_FILE = "fields.json"
 PROBES_PER_SEARCH = 16  # matched-terms probes answered by one search (see _probe_terms)
+ADD_BURST = 1000  # documents held back at most before they go to the writer (see hand_over)
 _NO_TEXT = frozenset((int, float, bool, bytes, type(None)))  # value types without strings
 KEY_LOOKUP_LIMIT = 256  # up to this many keys, restrict a search by term lookups (see _only)  # an every-string-field map's field -> slot assignment
 
@@ -116,6 +117,7 @@ class MapIndex:
         self.uncommitted = 0  # changes applied since the last commit
         # key -> its live OR records (tag -> value) and their expiry times, as applied so far
         self._or_pending: dict[str, OrRecords] = {}
+        self._adds: list[tantivy.Document] = []  # added, not yet handed to the writer
         self._index = self._open(path)
         register_all(self._index)
         self._index.config_reader("manual")
@@ -247,7 +249,7 @@ class MapIndex:
         texts = self.texts_for(unpack_value(value_bytes))
         keys = self._keys
         if (keys is None or keys.add(key)) and not fresh:
-            self._writer.delete_documents_by_term(KEY_FIELD, key)
+            self._delete_key(key)
         doc = tantivy.Document()
         doc.add_text(KEY_FIELD, key)
         doc.add_bytes(VALUE_FIELD, value_bytes)
@@ -258,12 +260,32 @@ class MapIndex:
         for name, strings in texts.items():
             for s in strings:
                 add_text(name, s)
-        self._writer.add_document(doc)
+        self._adds.append(doc)
+        if len(self._adds) >= ADD_BURST:
+            self.hand_over()
         self.uncommitted += 1
         return texts
 
-    def delete(self, key: str) -> None:
+    def hand_over(self) -> None:
+        """Give the writer the documents added since the last call.
+
+        Added documents are held back and handed over in bursts: the writer's indexing thread
+        busy-waits a while for each next document, which, fed one at a time, costs it more than
+        indexing the document. Anything that must follow the adds in the writer's order (a
+        delete, a commit) hands them over first."""
+        adds = self._adds
+        if adds:
+            self._adds = []
+            add = self._writer.add_document
+            for doc in adds:
+                add(doc)
+
+    def _delete_key(self, key: str) -> None:
+        self.hand_over()
         self._writer.delete_documents_by_term(KEY_FIELD, key)
+
+    def delete(self, key: str) -> None:
+        self._delete_key(key)
         # a later OR add before the commit must not see the old doc
         self._or_pending[key] = OrRecords({}, {})
         self.uncommitted += 1
@@ -325,12 +347,12 @@ class MapIndex:
             self.schema.field_texts(v, field_texts)
         texts = self._targets_of(field_texts)
         if self._may_hold(key) and not fresh:
-            self._writer.delete_documents_by_term(KEY_FIELD, key)
+            self._delete_key(key)
         or_bytes = msgpack.packb(records.values, use_bin_type=True)
         value_bytes = msgpack.packb(values, use_bin_type=True)
         expires = records.expires_at
         or_expires = msgpack.packb(records.expires) if records.expires else b""
-        self._writer.add_document(
+        self._adds.append(
             self.schema.document(
                 key, texts, value_bytes, or_bytes, expires=expires, or_expires=or_expires
             )
@@ -387,11 +409,13 @@ class MapIndex:
         expired = self._expired_query(self.now_ms())
         n = self._count(expired)
         if n:
+            self.hand_over()
             self._writer.delete_documents_by_query(expired)
             self.uncommitted += 1
         return n
 
     def clear(self) -> None:
+        self._adds = []  # deleted with the rest
         self._writer.delete_all_documents()
         self._or_pending.clear()
         self._keys = KeyFilter()
@@ -407,6 +431,7 @@ class MapIndex:
         if self._fields_dirty and self.path is not None:
             self._save_fields()  # before the commit: a slot in use is always on record
         self._fields_dirty = False
+        self.hand_over()
         self._writer.commit()
         self._index.reload()
         self._searcher = self._index.searcher()
@@ -416,6 +441,7 @@ class MapIndex:
             self._keys = self._committed_keys()  # a larger one: the index holds every key now
 
     def close(self) -> None:
+        self._adds = []
         if self.uncommitted:
             self._writer.rollback()
         self._writer.wait_merging_threads()

@@ -294,6 +294,7 @@ class Indexer:
             changed[key] = doc
         for target in by_map.values():
             if target is not None and target[1]:
+                target[0].hand_over()  # one burst per batch (see MapIndex.hand_over)
                 self._dirty.add(target[0].name)
         if applied:
             self.applied_changes += applied

@@ -1,6 +1,7 @@
-"""The key filter that lets an upsert of a new key skip its delete: it never forgets a key (a key it
-says is absent has no document), MapIndex keeps one document per key through reopening and
-refilling, and the one-pass field extraction gives the same texts as the general one."""
+"""The index write path: the key filter that lets an upsert of a new key skip its delete never
+forgets a key (a key it says is absent has no document), MapIndex keeps one document per key
+through reopening and refilling, documents held back for a burst keep their order against
+deletes, and the one-pass field extraction gives the same texts as the general one."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import msgpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.search.index import MapIndex
+from services.search.index import ADD_BURST, MapIndex
 from services.search.keyfilter import MIN_BITS, KeyFilter
 from services.search.mapspec import MapSpec
 
@@ -100,6 +101,32 @@ def test_clear_forgets_the_keys_and_rebuilt_keys_are_replaced_later() -> None:
     assert idx.num_docs == 1
 
 
+def test_a_held_back_add_stays_before_a_later_delete_of_its_key() -> None:
+    idx = MapIndex("m", MapSpec())
+    idx.upsert("a", pack({"t": "one"}))
+    idx.upsert("b", pack({"t": "two"}))
+    idx.delete("a")
+    idx.commit()
+    assert idx.num_docs == 1 and idx.stored_value("a") is None
+
+
+def test_more_adds_than_one_burst_all_land_by_the_commit() -> None:
+    idx = MapIndex("m", MapSpec())
+    for i in range(ADD_BURST * 2 + 7):
+        idx.upsert(f"k{i}", pack({"t": f"w{i}"}))
+    idx.commit()
+    assert idx.num_docs == ADD_BURST * 2 + 7
+
+
+def test_clear_drops_the_adds_held_back_before_it() -> None:
+    idx = MapIndex("m", MapSpec())
+    idx.upsert("a", pack({"t": "one"}))
+    idx.clear()
+    idx.upsert("b", pack({"t": "two"}), fresh=True)
+    idx.commit()
+    assert idx.num_docs == 1 and idx.stored_value("b") is not None
+
+
 leaf = st.one_of(
     st.text(max_size=8),
     st.integers(),
@@ -118,7 +145,7 @@ values = st.recursive(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(values, min_size=1, max_size=6))
 def test_one_pass_field_extraction_equals_the_general_one(docs: list[Any]) -> None:
     fast = MapIndex("m", MapSpec())
