@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from services.search.catalog import IndexCatalog
-from services.search.index import MapIndex
+from services.search.index import MapIndex, unpack_value
 from services.search.live import ChangedDoc, LiveSearches, SearchUpdate
 from services.search.state import SearchState, StateStore
 
@@ -85,6 +85,19 @@ class Scanner(Protocol):
 
 UpdateSink = Callable[[list[SearchUpdate]], None]
 
+# A key's change as the indexer keeps it until the commit: the new document, None when removed,
+# or an LWW value (msgpack) whose texts are worked out again only if a live search needs them.
+Change = ChangedDoc | bytes | None
+
+
+def changed_docs(idx: MapIndex, changes: dict[str, Change]) -> dict[str, ChangedDoc | None]:
+    """The changed documents of a commit, for live searches (an LWW value's texts are the ones its
+    upsert indexed: the fields it has kept their targets)."""
+    return {
+        key: ChangedDoc(idx.texts_for(unpack_value(c)), c) if isinstance(c, bytes) else c
+        for key, c in changes.items()
+    }
+
 
 class Indexer:
     def __init__(
@@ -117,7 +130,7 @@ class Indexer:
         self.scanner: Scanner | None = None
         self._queue: asyncio.Queue[ChangeColumns] = asyncio.Queue(queue_size)
         self._dirty: set[str] = set()
-        self._changed: dict[str, dict[str, ChangedDoc | None]] = {}
+        self._changed: dict[str, dict[str, Change]] = {}
         self._uncommitted = 0
         self._first_uncommitted: float | None = None
         self._flush_waiters: list[asyncio.Future[None]] = []
@@ -251,7 +264,7 @@ class Indexer:
         partitions, seqs = batch.partitions, batch.seqs
         ttl = bool(batch.ttl_ms)
         # per map of the batch: its index and its changed documents (None: not searchable)
-        by_map: dict[int, tuple[MapIndex, dict[str, ChangedDoc | None]] | None] = {}
+        by_map: dict[int, tuple[MapIndex, dict[str, Change]] | None] = {}
         applied = 0
         for i in range(len(keys)):
             p = partitions[i]
@@ -269,11 +282,10 @@ class Indexer:
             idx, changed = target
             key = keys[i]
             kind = kinds[i]
-            doc: ChangedDoc | None
+            doc: Change
             if kind == PUT:
-                value = values[i]
-                texts = idx.upsert(key, value, expires=batch.expires(i) if ttl else None)
-                doc = ChangedDoc(texts, value)
+                doc = values[i]
+                idx.upsert(key, doc, expires=batch.expires(i) if ttl else None)
             elif kind == REMOVE:
                 idx.delete(key)
                 doc = None
@@ -305,7 +317,7 @@ class Indexer:
             # only positions moved (changes of maps that are not searchable): save them lazily
             self._first_uncommitted = self.clock()
 
-    def _target(self, map_name: str) -> tuple[MapIndex, dict[str, ChangedDoc | None]] | None:
+    def _target(self, map_name: str) -> tuple[MapIndex, dict[str, Change]] | None:
         """Where a batch's changes of a map go: its index and the map's changed documents."""
         idx = self.catalog.open(map_name)
         if idx is None:
@@ -331,8 +343,8 @@ class Indexer:
         updates: list[SearchUpdate] = []
         for name, keys in changed.items():
             idx = self.catalog.get(name)
-            if idx is not None:
-                updates.extend(self.live.on_commit(idx, keys))
+            if idx is not None and self.live.has_map(name):
+                updates.extend(self.live.on_commit(idx, changed_docs(idx, keys)))
         if updates:
             self.deliver(updates)
         if log.isEnabledFor(logging.DEBUG):

@@ -78,11 +78,15 @@ def test_delete_then_upsert_in_one_commit_leaves_one_document() -> None:
 
 def test_a_full_filter_is_refilled_larger_at_commit_and_keeps_every_key() -> None:
     idx = MapIndex("m", MapSpec())
-    n = KeyFilter().capacity + 100
-    for i in range(n):
-        idx.upsert(f"k{i}", pack({"n": i}))
+    first = idx._keys
+    assert first is not None
+    n = 0
+    while not first.full:
+        idx.upsert(f"k{n}", pack({"n": n}))
+        n += 1
     idx.commit()
     assert idx._keys is not None and not idx._keys.full and idx._keys.capacity >= n
+    assert all(f"k{i}" in idx._keys for i in range(n))
     for i in range(0, n, 997):
         idx.upsert(f"k{i}", pack({"n": -i}))
     idx.commit()

@@ -241,6 +241,25 @@ async def test_a_subscription_made_between_apply_and_commit_still_sees_the_chang
     assert [(u.key, u.change.value) for u in updates] == [("z", "ENTER")]
 
 
+async def test_live_update_of_a_new_field_carries_its_matched_terms_and_value() -> None:
+    live = LiveSearches()
+    updates: list[SearchUpdate] = []
+    ix = make(live=live, updates=updates)
+    ix.apply(puts("m", 1, word="other"))
+    await ix.commit()
+    idx = ix.catalog.get("m")
+    assert idx is not None
+    opts = SearchOptions(include_value=True)
+    live.add("edge", "s", "m", parse_query("title:zebra"), opts, idx.schema, [])
+    value = {"title": "Zebra crossing", "n": 3, "tags": ["stripes"]}
+    ix.apply(changes([("m", "z", PUT, value, 0, 100), ("m", "y", PUT, {"n": 1}, 0, 101)]))
+    await ix.commit()
+    assert [(u.key, u.change.value, u.matched_terms) for u in updates] == [
+        ("z", "ENTER", ("zebra",))
+    ]
+    assert msgpack.unpackb(updates[0].value or b"") == value
+
+
 def test_slow_subscriber_is_dropped_with_its_subscriptions() -> None:
     live = LiveSearches()
     subs = Subscribers(live, queue_size=2)
