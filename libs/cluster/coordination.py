@@ -39,6 +39,22 @@ KV_DEL = "DEL"
 KV_PURGE = "PURGE"
 
 
+async def _next_update(watcher: Any) -> Any:
+    """A KV watcher's next entry, or None after 5 s without one.
+
+    nats-py waits with ``asyncio.wait_for``, which on Python 3.11 can turn a cancellation that
+    races its timeout into a TimeoutError; treated as a quiet interval, that would keep a
+    cancelled watch looping forever (and a node's shutdown waiting on it). A TimeoutError while
+    our task is being cancelled is therefore the cancellation."""
+    try:
+        return await watcher.updates(timeout=5.0)
+    except TimeoutError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError from None
+        return None
+
+
 def member_key(role: str, node_id: NodeId) -> str:
     """The membership key of a member: ``<role>.<node id>`` (unsafe characters as ``_``)."""
     return f"{_KEY_SAFE.sub('_', role)}.{_KEY_SAFE.sub('_', node_id)}"
@@ -260,10 +276,7 @@ class Coordination:
         watcher = await self._members.watchall()
         try:
             while True:
-                try:
-                    entry = await watcher.updates(timeout=5.0)
-                except TimeoutError:
-                    continue
+                entry = await _next_update(watcher)
                 if entry is None:
                     continue
                 if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
@@ -369,10 +382,7 @@ class Coordination:
         watcher = await self._table.watch(TABLE_KEY)
         try:
             while True:
-                try:
-                    entry = await watcher.updates(timeout=5.0)
-                except TimeoutError:
-                    continue
+                entry = await _next_update(watcher)
                 if entry is None or entry.value is None:
                     continue
                 yield decode_table(entry.value)

@@ -119,7 +119,8 @@ class GroupCommitWriter:
             if self._linger_s and not self._waiters and not self._closing and self._room.is_set():
                 self._urgent.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._urgent.wait(), self._linger_s)
+                    async with asyncio.timeout(self._linger_s):
+                        await self._urgent.wait()
             batch = WriteBatch(self._maps, self._changes, list(self._counters.items()))
             mark = self._submitted
             self._maps, self._changes, self._counters = [], [], {}
