@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from libs.runtime import announce_port, log_config
+from libs.runtime import announce_port, freeze_heap, log_config
 from libs.storage_client import CHANNEL_OPTIONS, StorageClient
 from services.search.catalog import IndexCatalog
 from services.search.config import SearchConfig
@@ -278,6 +278,9 @@ async def serve(config: SearchConfig, *, stop: asyncio.Event | None = None) -> N
                 for name in await unindexed_maps(clients, catalog):
                     log.info("map %r has records but no index here; rebuilding it", name)
                     indexer.request_rebuild(name)
+            # modules, gRPC and the opened indexes are never garbage: keep the collector off them
+            # (indexing allocates fast, and each full collection would walk them all again)
+            freeze_heap()
             indexing = tg.create_task(indexer.run(), name="indexer")
             following = tg.create_task(follower.run(), name="feeds")
             await stop.wait()
