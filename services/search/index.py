@@ -1,10 +1,11 @@
 """One map's tantivy index: upserts and deletes by key, batched commits, BM25 search.
 
-Writes go into the index writer at once and become visible together at the next ``commit()``:
-that is what lets a caller batch many changes into one commit (near-real-time search) while every
-change is still applied in feed order. An upsert deletes the key's previous document and adds the
-new one in the same commit, so replaying a change that was already indexed (after a crash between
-a commit and the position file) leaves exactly one document per key.
+Writes go to the index writer in feed order (added documents in bursts, see ``hand_over``) and
+become visible together at the next ``commit()``: that is what lets a caller batch many changes
+into one commit (near-real-time search) while every change is still applied in feed order. An
+upsert deletes the key's previous document, when the key may have one (``keyfilter.py``), and adds
+the new one in the same commit, so replaying a change that was already indexed (after a crash
+between a commit and the position file) leaves exactly one document per key.
 
 Not thread-safe by itself: one owner task applies changes and drives commits (which run in a
 worker thread, tantivy releases the GIL); searches may run at any time against the last
