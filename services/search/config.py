@@ -91,13 +91,13 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     p.add_argument(
         "--commit-interval-ms",
         type=int,
-        default=env_default("TOPGUN_SEARCH_COMMIT_INTERVAL_MS", 100, e),
+        default=env_default("TOPGUN_SEARCH_COMMIT_INTERVAL_MS", 250, e),
         help="longest a change waits before it is committed (searchable)",
     )
     p.add_argument(
         "--max-uncommitted",
         type=int,
-        default=env_default("TOPGUN_SEARCH_MAX_UNCOMMITTED", 10_000, e),
+        default=env_default("TOPGUN_SEARCH_MAX_UNCOMMITTED", 50_000, e),
         help="commit early once this many changes wait",
     )
     p.add_argument("--heap-mb", type=int, default=env_default("TOPGUN_SEARCH_HEAP_MB", 32, e))
