@@ -7,7 +7,10 @@ and the same boolean rules as the tantivy query. It never needs the index.
 It is exact for terms, phrases without slop, prefixes and fuzzy terms, and deliberately generous
 for sloppy phrases (all the words in the field, in any order): live search uses it only to pick
 the documents worth scoring, and the final word on a match and its score is the tantivy query
-restricted to those documents, so generosity costs a little work and never a wrong answer.
+restricted to those documents, so generosity costs a little work and never a wrong answer. Under
+an exclusion (MUST_NOT) generosity would turn into strictness, so there a sloppy phrase counts
+only where it occurs exactly, in order: the document as a whole is then still never rejected
+when tantivy would match it.
 """
 
 from __future__ import annotations
@@ -94,13 +97,14 @@ def matched_terms(plan: QueryPlan, doc: DocTokens) -> list[str]:
     return list(out)
 
 
-def _eval(node: Node, plan: QueryPlan, doc: DocTokens) -> bool | None:
-    """True/False, or None for a clause that was dropped (analyzes to nothing)."""
+def _eval(node: Node, plan: QueryPlan, doc: DocTokens, negated: bool = False) -> bool | None:
+    """True/False, or None for a clause that was dropped (analyzes to nothing). ``negated``: the
+    node sits under an odd number of exclusions, where an approximation must err the other way."""
     if isinstance(node, Bool):
         present = has_must = has_should = False
         must_ok, should_any = True, False
         for occur, child in node.clauses:
-            r = _eval(child, plan, doc)
+            r = _eval(child, plan, doc, negated ^ (occur is Occur.MUST_NOT))
             if r is None:
                 continue
             present = True
@@ -121,16 +125,18 @@ def _eval(node: Node, plan: QueryPlan, doc: DocTokens) -> bool | None:
             return should_any
         return True  # only exclusions, and none of them matched
     if isinstance(node, Boost):
-        return _eval(node.node, plan, doc)
+        return _eval(node.node, plan, doc, negated)
     res = plan.resolved.get(node, ())
     if res is None:
         return False
     if not res:
         return None
-    return any(_leaf_in(node, target, toks, doc) for target, toks in res)
+    return any(_leaf_in(node, target, toks, doc, negated) for target, toks in res)
 
 
-def _leaf_in(leaf: Leaf, target: Target, toks: tuple[str, ...], doc: DocTokens) -> bool:
+def _leaf_in(
+    leaf: Leaf, target: Target, toks: tuple[str, ...], doc: DocTokens, negated: bool = False
+) -> bool:
     terms = doc.terms(target)
     if not terms:
         return False
@@ -144,8 +150,8 @@ def _leaf_in(leaf: Leaf, target: Target, toks: tuple[str, ...], doc: DocTokens) 
         return toks[0] in terms
     if not all(t in terms for t in toks):
         return False
-    if isinstance(leaf, Phrase) and leaf.slop > 0:
-        return True
+    if isinstance(leaf, Phrase) and leaf.slop > 0 and not negated:
+        return True  # generous; excluded, it must be certain: the exact run below
     return any(_has_run(v, toks) for v in doc.values(target))
 
 

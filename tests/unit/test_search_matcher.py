@@ -135,3 +135,18 @@ def test_sloppy_phrase_accepts_every_document_tantivy_accepts() -> None:
         assert hits, slop
         assert hits <= {k for k, t in texts.items() if matches(plan, DocTokens(t))}
         assert not matches(plan, DocTokens(texts["missing"]))
+
+
+def test_an_excluded_sloppy_phrase_never_rejects_a_document_tantivy_keeps() -> None:
+    # "apple apply"~1 does not match "apply apple" in tantivy (a swap needs slop 2), so the
+    # query -"apple apply"~1 keeps the document; a generous reading of the phrase must not drop it
+    idx = MapIndex("m", MapSpec())
+    texts = {"k0": idx.upsert("k0", msgpack.packb({"title": "apply apple"}))}
+    idx.commit()
+    node = Bool(((Occur.MUST_NOT, Phrase("apple apply", None, 1)),))
+    opts = SearchOptions(limit=10, include_value=False)
+    plan = build_plan(node, idx.schema, idx.field_targets, opts)
+    assert plan.query is not None
+    found = idx._searcher.search(plan.query, 10, count=False).hits
+    assert {idx._searcher.doc(a).get_first("_key") for _, a in found} == {"k0"}
+    assert matches(plan, DocTokens(texts["k0"]))
