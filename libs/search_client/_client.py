@@ -9,8 +9,14 @@ from typing import Any
 
 import grpc
 
-from libs.search_client._errors import QueryRejected, translate
-from libs.search_client._stream import SearchStream
+from libs.rpc import RequestStream
+from libs.search_client._errors import (
+    QueryRejected,
+    SearchError,
+    SearchUnavailable,
+    stream_error,
+    translate,
+)
 from libs.storage_client import CHANNEL_OPTIONS
 from topgun_rpc import search_pb2, search_pb2_grpc
 
@@ -59,6 +65,8 @@ class SearchStatus:
 _DEFAULT_OPTIONS_PB = SearchOptions().to_pb()
 
 # reconnect soon after the service (re)starts: searches are answered within a request's deadline
+CONNECT_WAIT_S = 2.0  # longest a search waits for an unconnected channel before trying anyway
+
 SEARCH_CHANNEL_OPTIONS = [
     *CHANNEL_OPTIONS,
     ("grpc.initial_reconnect_backoff_ms", 100),
@@ -81,7 +89,9 @@ class SearchClient:
             address, options=SEARCH_CHANNEL_OPTIONS
         )
         self.stub = search_pb2_grpc.SearchStub(self._channel)
-        self._stream: SearchStream | None = None
+        self._stream: RequestStream[search_pb2.SearchRequest, search_pb2.SearchResponse] | None = (
+            None
+        )
 
     async def close(self) -> None:
         if self._stream is not None:
@@ -134,11 +144,31 @@ class SearchClient:
         )
         stream = self._stream
         if stream is None:
-            stream = self._stream = SearchStream(self.stub, self.address, self._channel)
-        resp = await stream.request(req, self.timeout if timeout is None else timeout)
-        if resp.error:
-            raise QueryRejected(resp.error, code=grpc.StatusCode.INVALID_ARGUMENT)
-        return resp
+            stream = self._stream = self._search_stream()
+        return await stream.request(req, self.timeout if timeout is None else timeout)
+
+    def _search_stream(self) -> RequestStream[search_pb2.SearchRequest, search_pb2.SearchResponse]:
+        """Searches multiplexed over one SearchStream call; a search sent while the channel is
+        still connecting (the edge starts beside the service) waits for it a little."""
+        address = self.address
+
+        def unavailable(code: grpc.StatusCode, why: str) -> SearchError:
+            return SearchUnavailable(f"search {address}: {why}", code=code)
+
+        def check(resp: search_pb2.SearchResponse) -> SearchError | None:
+            if not resp.error:
+                return None
+            return QueryRejected(resp.error, code=grpc.StatusCode.INVALID_ARGUMENT)
+
+        return RequestStream(
+            self.stub.SearchStream,
+            translate=lambda e: stream_error(e, address),
+            unavailable=unavailable,
+            check=check,
+            channel=self._channel,
+            connect_wait_s=CONNECT_WAIT_S,
+            name="search-stream",
+        )
 
     async def search_unary(
         self,

@@ -22,6 +22,14 @@ class SearchUnavailable(SearchError):
     """The service could not be reached or did not answer in time; retry later."""
 
 
+def stream_error(err: grpc.aio.AioRpcError, address: str) -> SearchError:
+    """What a search in flight raises when its stream fails: the peer is unreachable for now."""
+    error = translate(err, address)
+    if isinstance(error, SearchUnavailable):
+        return error
+    return SearchUnavailable(str(error), code=error.code)
+
+
 def translate(err: grpc.aio.AioRpcError, address: str) -> SearchError:
     code = err.code()
     if code == grpc.StatusCode.INVALID_ARGUMENT:

@@ -3,8 +3,8 @@
 - ``StorageClient(address)``: one node's API (apply, get, scan, leaf sums, bucket records,
   change feed, partition info, topics, counters, health), a deadline on every unary call.
 - ``OpBatchBuilder``: collect ops, build one columnar OpBatch (partitions computed in batch).
-- ``RequestStream``: many requests with ids over one long-lived bidirectional stream (what
-  ``StorageClient.apply`` and the storage nodes' replicators ride).
+- ``request_stream(opener, address)``: a ``libs.rpc.RequestStream`` failing with the errors
+  below (what ``StorageClient.apply`` and the storage nodes' replicators ride).
 - ``StorageRouter(table, clients)``: split a batch by partition owner, one Apply per owner,
   statuses back in the original order; leaf sums and bucket records over all owners.
 - Rows: ``StoredRecord``, ``Change``, ``ChangePage``; ``records_from_batch``,
@@ -30,6 +30,7 @@ from libs.storage_client._errors import (
     NotOwner,
     StorageError,
     StorageUnavailable,
+    request_stream,
 )
 from libs.storage_client._records import (
     OR_ADD,
@@ -44,7 +45,6 @@ from libs.storage_client._records import (
     records_from_ops,
 )
 from libs.storage_client._router import RoutedApplyResult, StorageRouter
-from libs.storage_client._stream import RequestStream
 from topgun_rpc.common_pb2 import OpKind, WriteConcern
 from topgun_rpc.storage_pb2 import MapKind, OpStatus
 
@@ -69,7 +69,6 @@ __all__ = [
     "OpKind",
     "OpStatus",
     "PartitionInfo",
-    "RequestStream",
     "RoutedApplyResult",
     "StorageClient",
     "StorageError",
@@ -82,4 +81,5 @@ __all__ = [
     "leaf_sums_from_bytes",
     "records_from_batch",
     "records_from_ops",
+    "request_stream",
 ]

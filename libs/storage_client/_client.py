@@ -15,15 +15,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from libs.cluster.partition_table import PartitionTable
 from libs.crdt.hashing import PARTITION_COUNT
+from libs.rpc import RequestStream
 from libs.storage_client._builder import OpBatchBuilder
-from libs.storage_client._errors import translate
+from libs.storage_client._errors import request_stream, translate
 from libs.storage_client._records import (
     ChangePage,
     StoredRecord,
     changes_from_batch,
     records_from_batch,
 )
-from libs.storage_client._stream import RequestStream
 from topgun_rpc import common_pb2, storage_pb2, storage_pb2_grpc
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -106,7 +106,7 @@ class StorageClient:
     """Async client of one storage node. Every call has a deadline (``timeout`` seconds, default
     the client's); streams that are meant to live long (change feed, broadcasts) have none and
     end when the caller stops iterating. ``apply`` rides one long-lived ApplyStream (see
-    ``RequestStream``); ``streamed=False`` makes it a unary Apply call each time."""
+    ``libs.rpc.RequestStream``); ``streamed=False`` makes it a unary Apply call each time."""
 
     def __init__(
         self,
@@ -122,7 +122,7 @@ class StorageClient:
         self._stub = storage_pb2_grpc.StorageStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._applies: RequestStream[storage_pb2.ApplyRequest, storage_pb2.ApplyResponse] | None = (
-            RequestStream(self._stub.ApplyStream, address) if streamed else None
+            request_stream(self._stub.ApplyStream, address) if streamed else None
         )
 
     @property

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import grpc
+
+from libs.rpc import RequestStream
 
 
 class StorageError(Exception):
@@ -47,3 +52,28 @@ def error_for(code: grpc.StatusCode | None, details: str, address: str) -> Stora
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return FeedDropped(msg, code=code, address=address)
     return StorageError(msg, code=code, address=address)
+
+
+_CODES: dict[int, grpc.StatusCode] = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def request_stream(opener: Callable[[], Any], address: str) -> RequestStream[Any, Any]:
+    """A ``RequestStream`` (ApplyStream, ReplicateStream) that fails the way the unary call
+    would: gRPC errors as StorageErrors, a broken stream or a missed deadline as
+    StorageUnavailable, and an answer carrying ``error_code`` as the error for that code."""
+
+    def unavailable(code: grpc.StatusCode, why: str) -> StorageError:
+        return StorageUnavailable(f"{address}: {code.name}: {why}", code=code, address=address)
+
+    def check(resp: Any) -> StorageError | None:
+        if not resp.error_code:
+            return None
+        return error_for(_CODES.get(resp.error_code, grpc.StatusCode.UNKNOWN), resp.error, address)
+
+    return RequestStream(
+        opener,
+        translate=lambda e: translate(e, address),
+        unavailable=unavailable,
+        check=check,
+        name=f"stream-{address}",
+    )

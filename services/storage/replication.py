@@ -32,7 +32,8 @@ from collections.abc import Callable, Collection
 
 import grpc
 
-from libs.storage_client import CHANNEL_OPTIONS, RequestStream, StorageError
+from libs.rpc import RequestStream
+from libs.storage_client import CHANNEL_OPTIONS, StorageError, request_stream
 from services.storage.changes import ChangeSet
 from services.storage.partition_store import PartitionStore
 from topgun_rpc import storage_pb2, storage_pb2_grpc
@@ -176,7 +177,9 @@ class Replicator:
     async def run(self) -> None:
         self._channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
         stub: RequestStream[storage_pb2.ReplicateRequest, storage_pb2.ReplicateResponse] = (
-            RequestStream(storage_pb2_grpc.StorageStub(self._channel).ReplicateStream, self.address)
+            request_stream(
+                storage_pb2_grpc.StorageStub(self._channel).ReplicateStream, self.address
+            )
         )
         acked: dict[int, int] = {}  # per partition: the seq the backup is known to hold
         try:
