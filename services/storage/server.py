@@ -78,9 +78,25 @@ async def multiplexed(
             t.cancel()
 
 
-def _failed(resp: Any, code: grpc.StatusCode, error: Exception) -> Any:
-    resp.error_code = code.value[0]
-    resp.error = str(error)
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+
+
+async def _answered(
+    handle: Callable[[Any], Awaitable[Any]], request: Any, empty: Callable[[], Any]
+) -> Any:
+    """``handle(request)`` as a stream answer: tagged with the request's id, and a failure of the
+    request as a whole (the unary call's abort) carried in ``error_code`` and ``error``."""
+    try:
+        resp = await handle(request)
+    except (BadBatch, TableBehind) as e:
+        code = grpc.StatusCode.INVALID_ARGUMENT if isinstance(e, BadBatch) else UNAVAILABLE
+        resp = empty()
+        resp.error_code, resp.error = code.value[0], str(e)
+    except Exception as e:
+        log.exception("a streamed request failed")
+        resp = empty()
+        resp.error_code, resp.error = grpc.StatusCode.INTERNAL.value[0], str(e)
+    resp.request_id = request.request_id
     return resp
 
 
@@ -100,19 +116,11 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
     async def ApplyStream(
         self, request_iterator: Any, context: Any
     ) -> AsyncIterator[storage_pb2.ApplyResponse]:
-        async for resp in multiplexed(request_iterator, self._apply_one):
-            yield resp
+        def apply(r: Any) -> Awaitable[storage_pb2.ApplyResponse]:
+            return _answered(self.node.apply, r, storage_pb2.ApplyResponse)
 
-    async def _apply_one(self, request: storage_pb2.ApplyRequest) -> storage_pb2.ApplyResponse:
-        try:
-            resp = await self.node.apply(request)
-        except BadBatch as e:
-            resp = _failed(storage_pb2.ApplyResponse(), grpc.StatusCode.INVALID_ARGUMENT, e)
-        except Exception as e:
-            log.exception("Apply failed")
-            resp = _failed(storage_pb2.ApplyResponse(), grpc.StatusCode.INTERNAL, e)
-        resp.request_id = request.request_id
-        return resp
+        async for resp in multiplexed(request_iterator, apply):
+            yield resp
 
     async def Replicate(self, request: Any, context: Any) -> storage_pb2.ReplicateResponse:
         try:
@@ -127,23 +135,11 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
     async def ReplicateStream(
         self, request_iterator: Any, context: Any
     ) -> AsyncIterator[storage_pb2.ReplicateResponse]:
-        async for resp in multiplexed(request_iterator, self._replicate_one):
-            yield resp
+        def replicate(r: Any) -> Awaitable[storage_pb2.ReplicateResponse]:
+            return _answered(self.node.replicate, r, storage_pb2.ReplicateResponse)
 
-    async def _replicate_one(
-        self, request: storage_pb2.ReplicateRequest
-    ) -> storage_pb2.ReplicateResponse:
-        try:
-            resp = await self.node.replicate(request)
-        except BadBatch as e:
-            resp = _failed(storage_pb2.ReplicateResponse(), grpc.StatusCode.INVALID_ARGUMENT, e)
-        except TableBehind as e:
-            resp = _failed(storage_pb2.ReplicateResponse(), grpc.StatusCode.UNAVAILABLE, e)
-        except Exception as e:
-            log.exception("Replicate failed")
-            resp = _failed(storage_pb2.ReplicateResponse(), grpc.StatusCode.INTERNAL, e)
-        resp.request_id = request.request_id
-        return resp
+        async for resp in multiplexed(request_iterator, replicate):
+            yield resp
 
     async def Get(self, request: Any, context: Any) -> common_pb2.RecordBatch:
         try:
